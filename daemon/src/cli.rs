@@ -32,10 +32,10 @@ pub struct Flags {
     #[arg(long, value_name = "ADDR")]
     pub addr: Vec<String>,
     /// Log formatter: json or text.
-    #[arg(long = "log-format", value_name = "FORMAT")]
+    #[arg(long = "log-format", id = "log-format", value_name = "FORMAT")]
     pub log_format: Option<String>,
     /// Set the log level.
-    #[arg(long = "log-level", env = "BUILDKITD_LOG_LEVEL", value_name = "LEVEL")]
+    #[arg(long = "log-level", id = "log-level", env = "BUILDKITD_LOG_LEVEL", value_name = "LEVEL")]
     pub log_level: Option<String>,
     /// Group (name or gid) which will own all Unix socket listening addresses.
     #[arg(long, value_name = "GROUP")]
@@ -54,25 +54,25 @@ pub struct Flags {
     pub tlscacert: Option<String>,
     /// Serve tcp:// addresses without TLS. Anyone who can reach the port can
     /// run builds as root: use only on a trusted network.
-    #[arg(long = "allow-insecure-tcp", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    #[arg(long = "allow-insecure-tcp", id = "allow-insecure-tcp", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub allow_insecure_tcp: Option<bool>,
     /// Allows insecure entitlements: network.host, security.insecure, device.
-    #[arg(long = "allow-insecure-entitlement", value_name = "ENTITLEMENT")]
+    #[arg(long = "allow-insecure-entitlement", id = "allow-insecure-entitlement", value_name = "ENTITLEMENT")]
     pub allow_insecure_entitlement: Vec<String>,
     /// Enable proxy network enforcement for all builds.
-    #[arg(long = "proxy-network", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    #[arg(long = "proxy-network", id = "proxy-network", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub proxy_network: Option<bool>,
     /// OTEL collector trace socket path.
-    #[arg(long = "otel-socket-path", value_name = "PATH")]
+    #[arg(long = "otel-socket-path", id = "otel-socket-path", value_name = "PATH")]
     pub otel_socket_path: Option<String>,
     /// Disables support of the Container Device Interface (CDI).
-    #[arg(long = "cdi-disabled", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    #[arg(long = "cdi-disabled", id = "cdi-disabled", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub cdi_disabled: Option<bool>,
     /// Directories to scan for CDI spec files.
-    #[arg(long = "cdi-spec-dir", value_name = "DIR")]
+    #[arg(long = "cdi-spec-dir", id = "cdi-spec-dir", value_name = "DIR")]
     pub cdi_spec_dir: Vec<String>,
     /// Enable saving cache debug info.
-    #[arg(long = "save-cache-debug", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    #[arg(long = "save-cache-debug", id = "save-cache-debug", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub save_cache_debug: Option<bool>,
     /// Enable rootless mode.
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
@@ -87,110 +87,110 @@ pub struct Flags {
 #[derive(Debug, Default, clap::Args)]
 pub struct OciFlags {
     /// Enable oci workers (true/false/auto).
-    #[arg(long = "oci-worker", value_name = "BOOL|auto")]
+    #[arg(long = "oci-worker", id = "oci-worker", value_name = "BOOL|auto")]
     pub enabled: Option<String>,
     /// User-specific annotation labels (com.example.foo=bar).
-    #[arg(long = "oci-worker-labels", value_name = "K=V")]
+    #[arg(long = "oci-worker-labels", id = "oci-worker-labels", value_name = "K=V")]
     pub labels: Vec<String>,
     /// Name of snapshotter (overlayfs, native, auto).
-    #[arg(long = "oci-worker-snapshotter", value_name = "NAME")]
+    #[arg(long = "oci-worker-snapshotter", id = "oci-worker-snapshotter", value_name = "NAME")]
     pub snapshotter: Option<String>,
     /// Address of proxy snapshotter socket.
-    #[arg(long = "oci-worker-proxy-snapshotter-path", value_name = "PATH")]
+    #[arg(long = "oci-worker-proxy-snapshotter-path", id = "oci-worker-proxy-snapshotter-path", value_name = "PATH")]
     pub proxy_snapshotter_path: Option<String>,
     /// Override supported platforms for worker.
-    #[arg(long = "oci-worker-platform", value_name = "PLATFORM")]
+    #[arg(long = "oci-worker-platform", id = "oci-worker-platform", value_name = "PLATFORM")]
     pub platform: Vec<String>,
     /// Worker network type (auto, bridge, cni or host).
-    #[arg(long = "oci-worker-net", value_name = "MODE")]
+    #[arg(long = "oci-worker-net", id = "oci-worker-net", value_name = "MODE")]
     pub net: Option<String>,
     /// Path of cni config file.
-    #[arg(long = "oci-cni-config-path", value_name = "PATH")]
+    #[arg(long = "oci-cni-config-path", id = "oci-cni-config-path", value_name = "PATH")]
     pub cni_config_path: Option<String>,
     /// Path of cni binary files.
-    #[arg(long = "oci-cni-binary-dir", value_name = "DIR")]
+    #[arg(long = "oci-cni-binary-dir", id = "oci-cni-binary-dir", value_name = "DIR")]
     pub cni_binary_dir: Option<String>,
     /// Size of cni network namespace pool.
-    #[arg(long = "oci-cni-pool-size", value_name = "N")]
+    #[arg(long = "oci-cni-pool-size", id = "oci-cni-pool-size", value_name = "N")]
     pub cni_pool_size: Option<i64>,
     /// Name of specified oci worker binary.
-    #[arg(long = "oci-worker-binary", value_name = "NAME")]
+    #[arg(long = "oci-worker-binary", id = "oci-worker-binary", value_name = "NAME")]
     pub binary: Option<String>,
     /// Name of the apparmor profile applied to containers.
-    #[arg(long = "oci-worker-apparmor-profile", value_name = "NAME")]
+    #[arg(long = "oci-worker-apparmor-profile", id = "oci-worker-apparmor-profile", value_name = "NAME")]
     pub apparmor_profile: Option<String>,
     /// Apply SELinux labels.
-    #[arg(long = "oci-worker-selinux", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    #[arg(long = "oci-worker-selinux", id = "oci-worker-selinux", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub selinux: Option<bool>,
     /// Limit the number of parallel build steps that can run at the same time.
-    #[arg(long = "oci-max-parallelism", value_name = "N")]
+    #[arg(long = "oci-max-parallelism", id = "oci-max-parallelism", value_name = "N")]
     pub max_parallelism: Option<i64>,
     /// Enable rootless mode.
-    #[arg(long = "oci-worker-rootless", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    #[arg(long = "oci-worker-rootless", id = "oci-worker-rootless", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub rootless: Option<bool>,
     /// Use the host PID namespace and procfs.
-    #[arg(long = "oci-worker-no-process-sandbox", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    #[arg(long = "oci-worker-no-process-sandbox", id = "oci-worker-no-process-sandbox", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub no_process_sandbox: Option<bool>,
     /// Enable automatic garbage collection on worker.
-    #[arg(long = "oci-worker-gc", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    #[arg(long = "oci-worker-gc", id = "oci-worker-gc", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub gc: Option<bool>,
     /// Amount of storage GC keeps locally, "Reserved[,Free[,Maximum]]" (MB).
-    #[arg(long = "oci-worker-gc-keepstorage", value_name = "MB")]
+    #[arg(long = "oci-worker-gc-keepstorage", id = "oci-worker-gc-keepstorage", value_name = "MB")]
     pub gc_keepstorage: Option<String>,
 }
 
 #[derive(Debug, Default, clap::Args)]
 pub struct ContainerdFlags {
     /// Enable containerd workers (true/false/auto).
-    #[arg(long = "containerd-worker", value_name = "BOOL|auto")]
+    #[arg(long = "containerd-worker", id = "containerd-worker", value_name = "BOOL|auto")]
     pub enabled: Option<String>,
     /// Containerd socket.
-    #[arg(long = "containerd-worker-addr", value_name = "PATH")]
+    #[arg(long = "containerd-worker-addr", id = "containerd-worker-addr", value_name = "PATH")]
     pub addr: Option<String>,
     /// User-specific annotation labels (com.example.foo=bar).
-    #[arg(long = "containerd-worker-labels", value_name = "K=V")]
+    #[arg(long = "containerd-worker-labels", id = "containerd-worker-labels", value_name = "K=V")]
     pub labels: Vec<String>,
     /// Override supported platforms for worker.
-    #[arg(long = "containerd-worker-platform", value_name = "PLATFORM")]
+    #[arg(long = "containerd-worker-platform", id = "containerd-worker-platform", value_name = "PLATFORM")]
     pub platform: Vec<String>,
     /// Containerd namespace to use.
-    #[arg(long = "containerd-worker-namespace", value_name = "NS")]
+    #[arg(long = "containerd-worker-namespace", id = "containerd-worker-namespace", value_name = "NS")]
     pub namespace: Option<String>,
     /// Containerd runtime name.
-    #[arg(long = "containerd-worker-runtime", value_name = "NAME")]
+    #[arg(long = "containerd-worker-runtime", id = "containerd-worker-runtime", value_name = "NAME")]
     pub runtime: Option<String>,
     /// Worker network type (auto, bridge, cni or host).
-    #[arg(long = "containerd-worker-net", value_name = "MODE")]
+    #[arg(long = "containerd-worker-net", id = "containerd-worker-net", value_name = "MODE")]
     pub net: Option<String>,
     /// Path of cni config file.
-    #[arg(long = "containerd-cni-config-path", value_name = "PATH")]
+    #[arg(long = "containerd-cni-config-path", id = "containerd-cni-config-path", value_name = "PATH")]
     pub cni_config_path: Option<String>,
     /// Path of cni binary files.
-    #[arg(long = "containerd-cni-binary-dir", value_name = "DIR")]
+    #[arg(long = "containerd-cni-binary-dir", id = "containerd-cni-binary-dir", value_name = "DIR")]
     pub cni_binary_dir: Option<String>,
     /// Size of cni network namespace pool.
-    #[arg(long = "containerd-cni-pool-size", value_name = "N")]
+    #[arg(long = "containerd-cni-pool-size", id = "containerd-cni-pool-size", value_name = "N")]
     pub cni_pool_size: Option<i64>,
     /// Snapshotter name to use.
-    #[arg(long = "containerd-worker-snapshotter", value_name = "NAME")]
+    #[arg(long = "containerd-worker-snapshotter", id = "containerd-worker-snapshotter", value_name = "NAME")]
     pub snapshotter: Option<String>,
     /// Name of the apparmor profile applied to containers.
-    #[arg(long = "containerd-worker-apparmor-profile", value_name = "NAME")]
+    #[arg(long = "containerd-worker-apparmor-profile", id = "containerd-worker-apparmor-profile", value_name = "NAME")]
     pub apparmor_profile: Option<String>,
     /// Apply SELinux labels.
-    #[arg(long = "containerd-worker-selinux", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    #[arg(long = "containerd-worker-selinux", id = "containerd-worker-selinux", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub selinux: Option<bool>,
     /// Limit the number of parallel build steps that can run at the same time.
-    #[arg(long = "containerd-max-parallelism", value_name = "N")]
+    #[arg(long = "containerd-max-parallelism", id = "containerd-max-parallelism", value_name = "N")]
     pub max_parallelism: Option<i64>,
     /// Enable rootless mode.
-    #[arg(long = "containerd-worker-rootless", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    #[arg(long = "containerd-worker-rootless", id = "containerd-worker-rootless", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub rootless: Option<bool>,
     /// Enable automatic garbage collection on worker.
-    #[arg(long = "containerd-worker-gc", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    #[arg(long = "containerd-worker-gc", id = "containerd-worker-gc", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub gc: Option<bool>,
     /// Amount of storage GC keeps locally, "Reserved[,Free[,Maximum]]" (MB).
-    #[arg(long = "containerd-worker-gc-keepstorage", value_name = "MB")]
+    #[arg(long = "containerd-worker-gc-keepstorage", id = "containerd-worker-gc-keepstorage", value_name = "MB")]
     pub gc_keepstorage: Option<String>,
 }
 
