@@ -35,7 +35,12 @@ pub struct Flags {
     #[arg(long = "log-format", id = "log-format", value_name = "FORMAT")]
     pub log_format: Option<String>,
     /// Set the log level.
-    #[arg(long = "log-level", id = "log-level", env = "BUILDKITD_LOG_LEVEL", value_name = "LEVEL")]
+    #[arg(
+        long = "log-level",
+        id = "log-level",
+        env = "BUILDKITD_LOG_LEVEL",
+        value_name = "LEVEL"
+    )]
     pub log_level: Option<String>,
     /// Group (name or gid) which will own all Unix socket listening addresses.
     #[arg(long, value_name = "GROUP")]
@@ -57,13 +62,21 @@ pub struct Flags {
     #[arg(long = "allow-insecure-tcp", id = "allow-insecure-tcp", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub allow_insecure_tcp: Option<bool>,
     /// Allows insecure entitlements: network.host, security.insecure, device.
-    #[arg(long = "allow-insecure-entitlement", id = "allow-insecure-entitlement", value_name = "ENTITLEMENT")]
+    #[arg(
+        long = "allow-insecure-entitlement",
+        id = "allow-insecure-entitlement",
+        value_name = "ENTITLEMENT"
+    )]
     pub allow_insecure_entitlement: Vec<String>,
     /// Enable proxy network enforcement for all builds.
     #[arg(long = "proxy-network", id = "proxy-network", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub proxy_network: Option<bool>,
     /// OTEL collector trace socket path.
-    #[arg(long = "otel-socket-path", id = "otel-socket-path", value_name = "PATH")]
+    #[arg(
+        long = "otel-socket-path",
+        id = "otel-socket-path",
+        value_name = "PATH"
+    )]
     pub otel_socket_path: Option<String>,
     /// Disables support of the Container Device Interface (CDI).
     #[arg(long = "cdi-disabled", id = "cdi-disabled", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
@@ -90,40 +103,76 @@ pub struct OciFlags {
     #[arg(long = "oci-worker", id = "oci-worker", value_name = "BOOL|auto")]
     pub enabled: Option<String>,
     /// User-specific annotation labels (com.example.foo=bar).
-    #[arg(long = "oci-worker-labels", id = "oci-worker-labels", value_name = "K=V")]
+    #[arg(
+        long = "oci-worker-labels",
+        id = "oci-worker-labels",
+        value_name = "K=V"
+    )]
     pub labels: Vec<String>,
     /// Name of snapshotter (overlayfs, native, auto).
-    #[arg(long = "oci-worker-snapshotter", id = "oci-worker-snapshotter", value_name = "NAME")]
+    #[arg(
+        long = "oci-worker-snapshotter",
+        id = "oci-worker-snapshotter",
+        value_name = "NAME"
+    )]
     pub snapshotter: Option<String>,
     /// Address of proxy snapshotter socket.
-    #[arg(long = "oci-worker-proxy-snapshotter-path", id = "oci-worker-proxy-snapshotter-path", value_name = "PATH")]
+    #[arg(
+        long = "oci-worker-proxy-snapshotter-path",
+        id = "oci-worker-proxy-snapshotter-path",
+        value_name = "PATH"
+    )]
     pub proxy_snapshotter_path: Option<String>,
     /// Override supported platforms for worker.
-    #[arg(long = "oci-worker-platform", id = "oci-worker-platform", value_name = "PLATFORM")]
+    #[arg(
+        long = "oci-worker-platform",
+        id = "oci-worker-platform",
+        value_name = "PLATFORM"
+    )]
     pub platform: Vec<String>,
     /// Worker network type (auto, bridge, cni or host).
     #[arg(long = "oci-worker-net", id = "oci-worker-net", value_name = "MODE")]
     pub net: Option<String>,
     /// Path of cni config file.
-    #[arg(long = "oci-cni-config-path", id = "oci-cni-config-path", value_name = "PATH")]
+    #[arg(
+        long = "oci-cni-config-path",
+        id = "oci-cni-config-path",
+        value_name = "PATH"
+    )]
     pub cni_config_path: Option<String>,
     /// Path of cni binary files.
-    #[arg(long = "oci-cni-binary-dir", id = "oci-cni-binary-dir", value_name = "DIR")]
+    #[arg(
+        long = "oci-cni-binary-dir",
+        id = "oci-cni-binary-dir",
+        value_name = "DIR"
+    )]
     pub cni_binary_dir: Option<String>,
     /// Size of cni network namespace pool.
     #[arg(long = "oci-cni-pool-size", id = "oci-cni-pool-size", value_name = "N")]
     pub cni_pool_size: Option<i64>,
     /// Name of specified oci worker binary.
-    #[arg(long = "oci-worker-binary", id = "oci-worker-binary", value_name = "NAME")]
+    #[arg(
+        long = "oci-worker-binary",
+        id = "oci-worker-binary",
+        value_name = "NAME"
+    )]
     pub binary: Option<String>,
     /// Name of the apparmor profile applied to containers.
-    #[arg(long = "oci-worker-apparmor-profile", id = "oci-worker-apparmor-profile", value_name = "NAME")]
+    #[arg(
+        long = "oci-worker-apparmor-profile",
+        id = "oci-worker-apparmor-profile",
+        value_name = "NAME"
+    )]
     pub apparmor_profile: Option<String>,
     /// Apply SELinux labels.
     #[arg(long = "oci-worker-selinux", id = "oci-worker-selinux", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub selinux: Option<bool>,
     /// Limit the number of parallel build steps that can run at the same time.
-    #[arg(long = "oci-max-parallelism", id = "oci-max-parallelism", value_name = "N")]
+    #[arg(
+        long = "oci-max-parallelism",
+        id = "oci-max-parallelism",
+        value_name = "N"
+    )]
     pub max_parallelism: Option<i64>,
     /// Enable rootless mode.
     #[arg(long = "oci-worker-rootless", id = "oci-worker-rootless", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
@@ -135,53 +184,109 @@ pub struct OciFlags {
     #[arg(long = "oci-worker-gc", id = "oci-worker-gc", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub gc: Option<bool>,
     /// Amount of storage GC keeps locally, "Reserved[,Free[,Maximum]]" (MB).
-    #[arg(long = "oci-worker-gc-keepstorage", id = "oci-worker-gc-keepstorage", value_name = "MB")]
+    #[arg(
+        long = "oci-worker-gc-keepstorage",
+        id = "oci-worker-gc-keepstorage",
+        value_name = "MB"
+    )]
     pub gc_keepstorage: Option<String>,
 }
 
 #[derive(Debug, Default, clap::Args)]
 pub struct ContainerdFlags {
     /// Enable containerd workers (true/false/auto).
-    #[arg(long = "containerd-worker", id = "containerd-worker", value_name = "BOOL|auto")]
+    #[arg(
+        long = "containerd-worker",
+        id = "containerd-worker",
+        value_name = "BOOL|auto"
+    )]
     pub enabled: Option<String>,
     /// Containerd socket.
-    #[arg(long = "containerd-worker-addr", id = "containerd-worker-addr", value_name = "PATH")]
+    #[arg(
+        long = "containerd-worker-addr",
+        id = "containerd-worker-addr",
+        value_name = "PATH"
+    )]
     pub addr: Option<String>,
     /// User-specific annotation labels (com.example.foo=bar).
-    #[arg(long = "containerd-worker-labels", id = "containerd-worker-labels", value_name = "K=V")]
+    #[arg(
+        long = "containerd-worker-labels",
+        id = "containerd-worker-labels",
+        value_name = "K=V"
+    )]
     pub labels: Vec<String>,
     /// Override supported platforms for worker.
-    #[arg(long = "containerd-worker-platform", id = "containerd-worker-platform", value_name = "PLATFORM")]
+    #[arg(
+        long = "containerd-worker-platform",
+        id = "containerd-worker-platform",
+        value_name = "PLATFORM"
+    )]
     pub platform: Vec<String>,
     /// Containerd namespace to use.
-    #[arg(long = "containerd-worker-namespace", id = "containerd-worker-namespace", value_name = "NS")]
+    #[arg(
+        long = "containerd-worker-namespace",
+        id = "containerd-worker-namespace",
+        value_name = "NS"
+    )]
     pub namespace: Option<String>,
     /// Containerd runtime name.
-    #[arg(long = "containerd-worker-runtime", id = "containerd-worker-runtime", value_name = "NAME")]
+    #[arg(
+        long = "containerd-worker-runtime",
+        id = "containerd-worker-runtime",
+        value_name = "NAME"
+    )]
     pub runtime: Option<String>,
     /// Worker network type (auto, bridge, cni or host).
-    #[arg(long = "containerd-worker-net", id = "containerd-worker-net", value_name = "MODE")]
+    #[arg(
+        long = "containerd-worker-net",
+        id = "containerd-worker-net",
+        value_name = "MODE"
+    )]
     pub net: Option<String>,
     /// Path of cni config file.
-    #[arg(long = "containerd-cni-config-path", id = "containerd-cni-config-path", value_name = "PATH")]
+    #[arg(
+        long = "containerd-cni-config-path",
+        id = "containerd-cni-config-path",
+        value_name = "PATH"
+    )]
     pub cni_config_path: Option<String>,
     /// Path of cni binary files.
-    #[arg(long = "containerd-cni-binary-dir", id = "containerd-cni-binary-dir", value_name = "DIR")]
+    #[arg(
+        long = "containerd-cni-binary-dir",
+        id = "containerd-cni-binary-dir",
+        value_name = "DIR"
+    )]
     pub cni_binary_dir: Option<String>,
     /// Size of cni network namespace pool.
-    #[arg(long = "containerd-cni-pool-size", id = "containerd-cni-pool-size", value_name = "N")]
+    #[arg(
+        long = "containerd-cni-pool-size",
+        id = "containerd-cni-pool-size",
+        value_name = "N"
+    )]
     pub cni_pool_size: Option<i64>,
     /// Snapshotter name to use.
-    #[arg(long = "containerd-worker-snapshotter", id = "containerd-worker-snapshotter", value_name = "NAME")]
+    #[arg(
+        long = "containerd-worker-snapshotter",
+        id = "containerd-worker-snapshotter",
+        value_name = "NAME"
+    )]
     pub snapshotter: Option<String>,
     /// Name of the apparmor profile applied to containers.
-    #[arg(long = "containerd-worker-apparmor-profile", id = "containerd-worker-apparmor-profile", value_name = "NAME")]
+    #[arg(
+        long = "containerd-worker-apparmor-profile",
+        id = "containerd-worker-apparmor-profile",
+        value_name = "NAME"
+    )]
     pub apparmor_profile: Option<String>,
     /// Apply SELinux labels.
     #[arg(long = "containerd-worker-selinux", id = "containerd-worker-selinux", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub selinux: Option<bool>,
     /// Limit the number of parallel build steps that can run at the same time.
-    #[arg(long = "containerd-max-parallelism", id = "containerd-max-parallelism", value_name = "N")]
+    #[arg(
+        long = "containerd-max-parallelism",
+        id = "containerd-max-parallelism",
+        value_name = "N"
+    )]
     pub max_parallelism: Option<i64>,
     /// Enable rootless mode.
     #[arg(long = "containerd-worker-rootless", id = "containerd-worker-rootless", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
@@ -190,7 +295,11 @@ pub struct ContainerdFlags {
     #[arg(long = "containerd-worker-gc", id = "containerd-worker-gc", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub gc: Option<bool>,
     /// Amount of storage GC keeps locally, "Reserved[,Free[,Maximum]]" (MB).
-    #[arg(long = "containerd-worker-gc-keepstorage", id = "containerd-worker-gc-keepstorage", value_name = "MB")]
+    #[arg(
+        long = "containerd-worker-gc-keepstorage",
+        id = "containerd-worker-gc-keepstorage",
+        value_name = "MB"
+    )]
     pub gc_keepstorage: Option<String>,
 }
 
@@ -244,7 +353,9 @@ pub fn parse_tristate(flag: &str, value: &str) -> Result<Option<bool>, String> {
         "auto" => Ok(None),
         "1" | "t" | "true" => Ok(Some(true)),
         "0" | "f" | "false" => Ok(Some(false)),
-        _ => Err(format!("invalid value {value:?} for --{flag}: use true, false or auto")),
+        _ => Err(format!(
+            "invalid value {value:?} for --{flag}: use true, false or auto"
+        )),
     }
 }
 
@@ -283,7 +394,13 @@ mod tests {
 
     #[test]
     fn go_style_single_dash_and_repeats() {
-        let flags = parse(args(&["-addr", "tcp://127.0.0.1:1", "-addr=unix:///a", "-debug=false"])).unwrap();
+        let flags = parse(args(&[
+            "-addr",
+            "tcp://127.0.0.1:1",
+            "-addr=unix:///a",
+            "-debug=false",
+        ]))
+        .unwrap();
         assert_eq!(flags.addr, vec!["tcp://127.0.0.1:1", "unix:///a"]);
         assert_eq!(flags.debug, Some(false));
     }

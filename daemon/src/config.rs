@@ -268,7 +268,9 @@ impl<'de> Deserialize<'de> for GoDuration {
             IntOrString::Int(secs) => u64::try_from(secs)
                 .map(|s| GoDuration(Duration::from_secs(s)))
                 .map_err(|_| serde::de::Error::custom(format!("invalid duration {secs}"))),
-            IntOrString::Str(s) => parse_duration(&s).map(GoDuration).map_err(serde::de::Error::custom),
+            IntOrString::Str(s) => parse_duration(&s)
+                .map(GoDuration)
+                .map_err(serde::de::Error::custom),
         }
     }
 }
@@ -345,7 +347,11 @@ pub fn parse_disk_space(text: &str) -> Result<DiskSpace, String> {
     let text = text.trim();
     let invalid = || format!("invalid disk space {text:?}");
     if let Some(pct) = text.strip_suffix('%') {
-        return pct.trim().parse().map(DiskSpace::Percent).map_err(|_| invalid());
+        return pct
+            .trim()
+            .parse()
+            .map(DiskSpace::Percent)
+            .map_err(|_| invalid());
     }
     let num_len = text
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -383,7 +389,12 @@ pub fn load_file(path: &Path) -> Result<Loaded, ConfigError> {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Loaded::default()),
-        Err(source) => return Err(ConfigError::Read { path: shown, source }),
+        Err(source) => {
+            return Err(ConfigError::Read {
+                path: shown,
+                source,
+            });
+        }
     };
     load_str(&text, &shown)
 }
@@ -539,9 +550,15 @@ insecure-entitlements = ["network.host"]
     fn syntax_errors_name_the_line() {
         let err = load_str("debug = true\n[grpc]\naddress = [\n", "bad.toml").unwrap_err();
         let text = err.to_string();
-        assert!(text.starts_with("failed to parse config bad.toml: line "), "{text}");
+        assert!(
+            text.starts_with("failed to parse config bad.toml: line "),
+            "{text}"
+        );
         let err = load_str("[grpc]\ngid = \"wheel\"\n", "bad.toml").unwrap_err();
-        assert!(err.to_string().starts_with("invalid config bad.toml"), "{err}");
+        assert!(
+            err.to_string().starts_with("invalid config bad.toml"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -551,7 +568,10 @@ insecure-entitlements = ["network.host"]
         assert_eq!(parse_duration("3600").unwrap(), Duration::from_secs(3600));
         assert!(parse_duration("3 days").is_err());
         assert!(parse_duration("").is_err());
-        assert_eq!(parse_disk_space("10GB").unwrap(), DiskSpace::Bytes(10 << 30));
+        assert_eq!(
+            parse_disk_space("10GB").unwrap(),
+            DiskSpace::Bytes(10 << 30)
+        );
         assert_eq!(parse_disk_space("10%").unwrap(), DiskSpace::Percent(10));
         assert_eq!(parse_disk_space("2048").unwrap(), DiskSpace::Bytes(2048));
         assert!(parse_disk_space("lots").is_err());

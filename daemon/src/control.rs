@@ -42,7 +42,9 @@ fn with_timestamp<T>(body: T) -> Response<T> {
     let mut response = Response::new(body);
     let now = humantime::format_rfc3339_nanos(SystemTime::now()).to_string();
     if let Ok(value) = MetadataValue::try_from(now) {
-        response.metadata_mut().insert(CURRENT_TIMESTAMP_HEADER, value);
+        response
+            .metadata_mut()
+            .insert(CURRENT_TIMESTAMP_HEADER, value);
     }
     response
 }
@@ -64,20 +66,29 @@ fn worker_field(w: &WorkerRecord, path: &[String]) -> Option<String> {
 
 #[tonic::async_trait]
 impl Control for ControlService {
-    async fn disk_usage(&self, request: Request<DiskUsageRequest>) -> Result<Response<DiskUsageResponse>, Status> {
+    async fn disk_usage(
+        &self,
+        request: Request<DiskUsageRequest>,
+    ) -> Result<Response<DiskUsageResponse>, Status> {
         Filters::parse(&request.get_ref().filter).map_err(Status::invalid_argument)?;
         Ok(Response::new(DiskUsageResponse { record: Vec::new() }))
     }
 
     type PruneStream = BoxStream<UsageRecord>;
 
-    async fn prune(&self, request: Request<PruneRequest>) -> Result<Response<Self::PruneStream>, Status> {
+    async fn prune(
+        &self,
+        request: Request<PruneRequest>,
+    ) -> Result<Response<Self::PruneStream>, Status> {
         Filters::parse(&request.get_ref().filter).map_err(Status::invalid_argument)?;
         // Nothing is cached yet, so nothing is removed.
         Ok(Response::new(Box::pin(futures::stream::empty())))
     }
 
-    async fn solve(&self, request: Request<SolveRequest>) -> Result<Response<SolveResponse>, Status> {
+    async fn solve(
+        &self,
+        request: Request<SolveRequest>,
+    ) -> Result<Response<SolveResponse>, Status> {
         let req = request.get_ref();
         tracing::info!(r#ref = %req.r#ref, frontend = %req.frontend, "solve requested");
         Err(Status::unimplemented(
@@ -87,7 +98,10 @@ impl Control for ControlService {
 
     type StatusStream = BoxStream<StatusResponse>;
 
-    async fn status(&self, _request: Request<StatusRequest>) -> Result<Response<Self::StatusStream>, Status> {
+    async fn status(
+        &self,
+        _request: Request<StatusRequest>,
+    ) -> Result<Response<Self::StatusStream>, Status> {
         Err(Status::unimplemented(
             "build status is not implemented yet by buildkit-rs: builds arrive with the solver",
         ))
@@ -99,14 +113,17 @@ impl Control for ControlService {
         &self,
         _request: Request<Streaming<BytesMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
-        Err(Status::unimplemented("sessions are not implemented yet by buildkit-rs"))
+        Err(Status::unimplemented(
+            "sessions are not implemented yet by buildkit-rs",
+        ))
     }
 
     async fn list_workers(
         &self,
         request: Request<ListWorkersRequest>,
     ) -> Result<Response<ListWorkersResponse>, Status> {
-        let filters = Filters::parse(&request.get_ref().filter).map_err(Status::invalid_argument)?;
+        let filters =
+            Filters::parse(&request.get_ref().filter).map_err(Status::invalid_argument)?;
         let record = self
             .workers
             .iter()

@@ -59,7 +59,10 @@ async fn handle(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infalli
                 crate::version::VERSION
             ),
         ),
-        "/debug/version" => (StatusCode::OK, format!("{}\n", crate::version::VERSION_LINE)),
+        "/debug/version" => (
+            StatusCode::OK,
+            format!("{}\n", crate::version::VERSION_LINE),
+        ),
         _ => (StatusCode::NOT_FOUND, "not found\n".to_string()),
     };
     let mut response = Response::new(Full::new(Bytes::from(body)));

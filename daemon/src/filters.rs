@@ -85,7 +85,10 @@ fn parse_condition(text: &str) -> Result<Condition, String> {
 
 fn unquote(s: &str) -> String {
     let bytes = s.as_bytes();
-    if bytes.len() >= 2 && (bytes[0] == b'"' || bytes[0] == b'/') && bytes[bytes.len() - 1] == bytes[0] {
+    if bytes.len() >= 2
+        && (bytes[0] == b'"' || bytes[0] == b'/')
+        && bytes[bytes.len() - 1] == bytes[0]
+    {
         s[1..s.len() - 1].replace("\\\"", "\"")
     } else {
         s.to_string()
@@ -113,7 +116,12 @@ mod tests {
     use super::*;
 
     fn lookup(path: &[String]) -> Option<String> {
-        match path.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        match path
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .as_slice()
+        {
             ["id"] => Some("w1".into()),
             ["labels", "org.a.b"] => Some("x".into()),
             _ => None,
@@ -122,7 +130,9 @@ mod tests {
 
     #[test]
     fn and_or_and_quoting() {
-        let f = |s: &[&str]| Filters::parse(&s.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        let f = |s: &[&str]| {
+            Filters::parse(&s.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap()
+        };
         assert!(f(&[]).matches(lookup));
         assert!(f(&["id==w1"]).matches(lookup));
         assert!(!f(&["id==w2"]).matches(lookup));

@@ -47,12 +47,14 @@ fn lock_root(root: &Path) -> anyhow::Result<File> {
         .write(true)
         .open(&path)
         .with_context(|| format!("failed to open {}", path.display()))?;
-    rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(|_| {
-        anyhow::anyhow!(
-            "could not lock {}, another instance running?",
-            path.display()
-        )
-    })?;
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(
+        |_| {
+            anyhow::anyhow!(
+                "could not lock {}, another instance running?",
+                path.display()
+            )
+        },
+    )?;
     Ok(file)
 }
 
@@ -115,7 +117,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         }
     }
     let _ = shutdown_tx.send(true);
-    if tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await.is_err() {
+    if tokio::time::timeout(SHUTDOWN_GRACE, &mut server)
+        .await
+        .is_err()
+    {
         tracing::warn!("calls still open after {SHUTDOWN_GRACE:?}; closing them");
         server.abort();
     }

@@ -49,7 +49,11 @@ impl Connected for Conn {
 }
 
 impl AsyncRead for Conn {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Conn::Unix(s) => Pin::new(s).poll_read(cx, buf),
             Conn::Tcp(s) => Pin::new(s).poll_read(cx, buf),
@@ -59,7 +63,11 @@ impl AsyncRead for Conn {
 }
 
 impl AsyncWrite for Conn {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Conn::Unix(s) => Pin::new(s).poll_write(cx, buf),
             Conn::Tcp(s) => Pin::new(s).poll_write(cx, buf),
@@ -128,7 +136,8 @@ impl Listeners {
                     tracing::warn!(addr, "TLS is not used on unix sockets");
                 }
                 let path = PathBuf::from(path);
-                let listener = bind_unix(&path, settings.socket_uid, settings.socket_gid).map_err(bind_err)?;
+                let listener =
+                    bind_unix(&path, settings.socket_uid, settings.socket_gid).map_err(bind_err)?;
                 tracing::info!(addr, "listening");
                 out.unix.push((listener, path));
             } else if let Some(hostport) = addr.strip_prefix("tcp://") {
@@ -197,11 +206,14 @@ impl Listeners {
                     };
                     let tx = tx.clone();
                     tokio::spawn(async move {
-                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+                        {
                             Ok(Ok(tls)) => {
                                 let _ = tx.send(Ok(Conn::Tls(Box::new(tls)))).await;
                             }
-                            Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake refused"),
+                            Ok(Err(e)) => {
+                                tracing::info!(%peer, error = %e, "TLS handshake refused")
+                            }
                             Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
                         }
                     });
@@ -215,7 +227,10 @@ impl Listeners {
 fn bind_unix(path: &Path, uid: u32, gid: u32) -> io::Result<UnixListener> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         if !parent.exists() {
-            std::fs::DirBuilder::new().recursive(true).mode(0o770).create(parent)?;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o770)
+                .create(parent)?;
             chown(parent, uid, gid)?;
         }
     }
@@ -231,12 +246,16 @@ fn bind_unix(path: &Path, uid: u32, gid: u32) -> io::Result<UnixListener> {
 }
 
 fn chown(path: &Path, uid: u32, gid: u32) -> io::Result<()> {
-    let (uid, gid) = (rustix::fs::Uid::from_raw(uid), rustix::fs::Gid::from_raw(gid));
+    let (uid, gid) = (
+        rustix::fs::Uid::from_raw(uid),
+        rustix::fs::Gid::from_raw(gid),
+    );
     rustix::fs::chown(path, Some(uid), Some(gid)).map_err(io::Error::from)
 }
 
 fn read_pem(path: &Path) -> Result<Vec<u8>, ListenError> {
-    std::fs::read(path).map_err(|e| ListenError::Tls(format!("failed to read {}: {e}", path.display())))
+    std::fs::read(path)
+        .map_err(|e| ListenError::Tls(format!("failed to read {}: {e}", path.display())))
 }
 
 fn tls_acceptor(files: &TlsFiles) -> Result<TlsAcceptor, ListenError> {
@@ -261,7 +280,9 @@ fn tls_acceptor(files: &TlsFiles) -> Result<TlsAcceptor, ListenError> {
             let mut roots = RootCertStore::empty();
             for cert in rustls_pemfile::certs(&mut read_pem(ca)?.as_slice()) {
                 let cert = cert.map_err(|e| tls_err("invalid CA certificate", ca, &e))?;
-                roots.add(cert).map_err(|e| tls_err("invalid CA certificate", ca, &e))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| tls_err("invalid CA certificate", ca, &e))?;
             }
             if roots.is_empty() {
                 return Err(tls_err("no CA certificate in", ca, &"empty"));

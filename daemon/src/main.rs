@@ -40,7 +40,10 @@ fn main() -> ExitCode {
     for key in &loaded.unknown_keys {
         tracing::warn!(config = %config_path, key = %key, "unknown config key ignored");
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("buildkitd: failed to start runtime: {e}");

@@ -121,8 +121,10 @@ impl Settings {
                 .unwrap_or_else(|| "info".to_string())
                 .to_ascii_lowercase()
         };
-        if !["trace", "debug", "info", "warn", "warning", "error", "fatal", "panic"]
-            .contains(&log_level.as_str())
+        if ![
+            "trace", "debug", "info", "warn", "warning", "error", "fatal", "panic",
+        ]
+        .contains(&log_level.as_str())
         {
             return Err(format!("invalid log level {log_level:?}"));
         }
@@ -134,13 +136,26 @@ impl Settings {
         {
             "text" | "" => LogFormat::Text,
             "json" => LogFormat::Json,
-            other => return Err(format!("unsupported log format {other:?}: use text or json")),
+            other => {
+                return Err(format!(
+                    "unsupported log format {other:?}: use text or json"
+                ));
+            }
         };
 
-        let cert = flags.tlscert.clone().or_else(|| config.grpc.tls.cert.clone());
+        let cert = flags
+            .tlscert
+            .clone()
+            .or_else(|| config.grpc.tls.cert.clone());
         let key = flags.tlskey.clone().or_else(|| config.grpc.tls.key.clone());
-        let ca = flags.tlscacert.clone().or_else(|| config.grpc.tls.ca.clone());
-        let tls = match (cert.filter(|s| !s.is_empty()), key.filter(|s| !s.is_empty())) {
+        let ca = flags
+            .tlscacert
+            .clone()
+            .or_else(|| config.grpc.tls.ca.clone());
+        let tls = match (
+            cert.filter(|s| !s.is_empty()),
+            key.filter(|s| !s.is_empty()),
+        ) {
             (Some(cert), Some(key)) => Some(TlsFiles {
                 cert: cert.into(),
                 key: key.into(),
@@ -169,7 +184,9 @@ impl Settings {
         for e in &entitlements {
             let base = e.split('=').next().unwrap_or(e);
             if !KNOWN_ENTITLEMENTS.contains(&base) {
-                return Err(format!("invalid entitlement {e:?}: allowed are security.insecure, network.host, device"));
+                return Err(format!(
+                    "invalid entitlement {e:?}: allowed are security.insecure, network.host, device"
+                ));
             }
         }
         entitlements.sort();
@@ -209,13 +226,17 @@ impl Settings {
     }
 }
 
-fn oci_settings(flags: &Flags, cfg: &WorkerConfig, rootless: bool) -> Result<OciWorkerSettings, String> {
+fn oci_settings(
+    flags: &Flags,
+    cfg: &WorkerConfig,
+    rootless: bool,
+) -> Result<OciWorkerSettings, String> {
     let f = &flags.oci;
     let mut labels = cfg.labels.clone();
     for pair in &f.labels {
-        let (k, v) = pair
-            .split_once('=')
-            .ok_or_else(|| format!("invalid --oci-worker-labels value {pair:?}: expected key=value"))?;
+        let (k, v) = pair.split_once('=').ok_or_else(|| {
+            format!("invalid --oci-worker-labels value {pair:?}: expected key=value")
+        })?;
         labels.insert(k.to_string(), v.to_string());
     }
     let platforms = if f.platform.is_empty() {
@@ -265,7 +286,10 @@ fn oci_settings(flags: &Flags, cfg: &WorkerConfig, rootless: bool) -> Result<Oci
         rootless: f.rootless.or(cfg.rootless).unwrap_or(rootless),
         no_process_sandbox: f.no_process_sandbox.unwrap_or(cfg.no_process_sandbox),
         selinux: f.selinux.unwrap_or(cfg.selinux),
-        apparmor_profile: f.apparmor_profile.clone().or_else(|| cfg.apparmor_profile.clone()),
+        apparmor_profile: f
+            .apparmor_profile
+            .clone()
+            .or_else(|| cfg.apparmor_profile.clone()),
         binary: f
             .binary
             .clone()
@@ -280,13 +304,19 @@ fn parse_keepstorage(spec: &str) -> Result<GcLimits, String> {
         p.trim()
             .parse::<i64>()
             .map(|mb| DiskSpace::Bytes(mb * 1_000_000))
-            .map_err(|_| format!("invalid gc keepstorage value {spec:?}: expected reserved[,free[,max]] in MB"))
+            .map_err(|_| {
+                format!(
+                    "invalid gc keepstorage value {spec:?}: expected reserved[,free[,max]] in MB"
+                )
+            })
     });
     let reserved = parts.next().transpose()?;
     let min_free = parts.next().transpose()?;
     let max_used = parts.next().transpose()?;
     if parts.next().is_some() {
-        return Err(format!("invalid gc keepstorage value {spec:?}: at most three numbers"));
+        return Err(format!(
+            "invalid gc keepstorage value {spec:?}: at most three numbers"
+        ));
     }
     Ok(GcLimits {
         reserved,
@@ -310,21 +340,34 @@ fn default_root(rootless: bool) -> PathBuf {
 fn default_address(rootless: bool) -> String {
     if rootless {
         if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR") {
-            return format!("unix://{}/buildkit/buildkitd.sock", PathBuf::from(dir).display());
+            return format!(
+                "unix://{}/buildkit/buildkitd.sock",
+                PathBuf::from(dir).display()
+            );
         }
     }
     "unix:///run/buildkit/buildkitd.sock".to_string()
 }
 
 fn validate_address(addr: &str) -> Result<(), String> {
-    let (scheme, rest) = addr
-        .split_once("://")
-        .ok_or_else(|| format!("invalid address {addr:?}: expected unix:///path or tcp://host:port"))?;
+    let (scheme, rest) = addr.split_once("://").ok_or_else(|| {
+        format!("invalid address {addr:?}: expected unix:///path or tcp://host:port")
+    })?;
     match scheme {
         "unix" if !rest.is_empty() => Ok(()),
-        "tcp" if rest.rsplit_once(':').is_some_and(|(_, port)| port.parse::<u16>().is_ok()) => Ok(()),
-        "unix" | "tcp" => Err(format!("invalid address {addr:?}: expected unix:///path or tcp://host:port")),
-        _ => Err(format!("address {addr:?}: scheme {scheme:?} is not supported (use unix or tcp)")),
+        "tcp"
+            if rest
+                .rsplit_once(':')
+                .is_some_and(|(_, port)| port.parse::<u16>().is_ok()) =>
+        {
+            Ok(())
+        }
+        "unix" | "tcp" => Err(format!(
+            "invalid address {addr:?}: expected unix:///path or tcp://host:port"
+        )),
+        _ => Err(format!(
+            "address {addr:?}: scheme {scheme:?} is not supported (use unix or tcp)"
+        )),
     }
 }
 
@@ -352,9 +395,13 @@ mod tests {
     use crate::config::load_str;
 
     fn resolve(args: &[&str], config: &str) -> Result<Settings, String> {
-        let argv = std::iter::once("buildkitd").chain(args.iter().copied()).map(Into::into);
+        let argv = std::iter::once("buildkitd")
+            .chain(args.iter().copied())
+            .map(Into::into);
         let flags = parse(argv).map_err(|e| e.to_string())?;
-        let config = load_str(config, "t.toml").map_err(|e| e.to_string())?.config;
+        let config = load_str(config, "t.toml")
+            .map_err(|e| e.to_string())?
+            .config;
         Settings::resolve(&flags, &config)
     }
 
@@ -365,7 +412,11 @@ mod tests {
         assert_eq!(s.root, PathBuf::from("/cfg"));
         assert_eq!(s.addrs, vec!["unix:///cfg.sock"]);
         assert!(!s.oci.as_ref().unwrap().gc);
-        let s = resolve(&["--root=/flag", "--oci-worker-gc", "--oci-worker-labels=b=2"], cfg).unwrap();
+        let s = resolve(
+            &["--root=/flag", "--oci-worker-gc", "--oci-worker-labels=b=2"],
+            cfg,
+        )
+        .unwrap();
         assert_eq!(s.root, PathBuf::from("/flag"));
         let oci = s.oci.unwrap();
         assert!(oci.gc);
@@ -378,7 +429,10 @@ mod tests {
             (&["--addr", "/no/scheme"][..], "invalid address"),
             (&["--addr", "http://x:1"][..], "not supported"),
             (&["--tlscert", "/c.pem"][..], "together"),
-            (&["--allow-insecure-entitlement", "root.everything"][..], "invalid entitlement"),
+            (
+                &["--allow-insecure-entitlement", "root.everything"][..],
+                "invalid entitlement",
+            ),
             (&["--oci-worker", "maybe"][..], "--oci-worker"),
             (&["--oci-worker-labels", "nolabel"][..], "key=value"),
             (&["--oci-worker-gc-keepstorage", "1,x"][..], "keepstorage"),

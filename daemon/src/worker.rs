@@ -59,7 +59,12 @@ pub fn oci_worker_record(root: &Path, s: &OciWorkerSettings) -> Result<WorkerRec
         ("network", network),
         (
             "oci.process-mode",
-            if s.no_process_sandbox { "no-sandbox" } else { "sandbox" }.to_string(),
+            if s.no_process_sandbox {
+                "no-sandbox"
+            } else {
+                "sandbox"
+            }
+            .to_string(),
         ),
         ("selinux.enabled", s.selinux.to_string()),
     ] {
@@ -74,7 +79,10 @@ pub fn oci_worker_record(root: &Path, s: &OciWorkerSettings) -> Result<WorkerRec
         native_platforms()
     } else {
         // Validated when settings were resolved.
-        s.platforms.iter().filter_map(|p| parse_platform(p).ok()).collect()
+        s.platforms
+            .iter()
+            .filter_map(|p| parse_platform(p).ok())
+            .collect()
     };
 
     let gc_policy = if s.gc {
@@ -99,7 +107,10 @@ fn resolve_snapshotter(name: &str) -> String {
         return name.to_string();
     }
     let has_overlay = std::fs::read_to_string("/proc/filesystems")
-        .map(|t| t.lines().any(|l| l.split_whitespace().last() == Some("overlay")))
+        .map(|t| {
+            t.lines()
+                .any(|l| l.split_whitespace().last() == Some("overlay"))
+        })
         .unwrap_or(false);
     if has_overlay { "overlayfs" } else { "native" }.to_string()
 }
@@ -360,14 +371,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let a = worker_id(dir.path()).unwrap();
         assert_eq!(a.len(), 25);
-        assert!(a.bytes().all(|b| b.is_ascii_digit() || b.is_ascii_lowercase()));
+        assert!(
+            a.bytes()
+                .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())
+        );
         assert_eq!(worker_id(dir.path()).unwrap(), a);
     }
 
     #[test]
     fn platforms_parse_and_format() {
-        assert_eq!(format_platform(&parse_platform("linux/arm64/v8").unwrap()), "linux/arm64/v8");
-        assert_eq!(format_platform(&parse_platform("x86_64").unwrap()), "linux/amd64");
+        assert_eq!(
+            format_platform(&parse_platform("linux/arm64/v8").unwrap()),
+            "linux/arm64/v8"
+        );
+        assert_eq!(
+            format_platform(&parse_platform("x86_64").unwrap()),
+            "linux/amd64"
+        );
         assert!(parse_platform("a/b/c/d").is_err());
         assert!(parse_platform("/amd64").is_err());
         assert_eq!(native_platforms()[0].os, "linux");
@@ -377,7 +397,10 @@ mod tests {
     fn percentages_round_up_to_gigabytes() {
         assert_eq!(as_bytes(Some(DiskSpace::Percent(10)), 0), 2_000_000_000);
         // 10% of 100 GiB is 10 GiB; rounded up: 11 GB.
-        assert_eq!(as_bytes(Some(DiskSpace::Percent(10)), 100 << 30), 11_000_000_000);
+        assert_eq!(
+            as_bytes(Some(DiskSpace::Percent(10)), 100 << 30),
+            11_000_000_000
+        );
         assert_eq!(as_bytes(Some(DiskSpace::Bytes(5)), 0), 5);
     }
 }
