@@ -24,7 +24,7 @@ use rustls::pki_types::ServerName;
 use tokio::net::{TcpStream, UnixStream};
 use tonic::Streaming;
 use tonic::transport::{Channel, Endpoint};
-use tonic_health::pb::health_check_response::ServingStatus;
+pub use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 #[derive(Debug, thiserror::Error)]
@@ -139,6 +139,11 @@ impl Client {
             return Err(ClientError::Address(addr.to_string()));
         };
         Ok(Client { channel })
+    }
+
+    /// The underlying gRPC channel, for services this type does not wrap.
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
     }
 
     /// The raw Control API client, for calls this type does not wrap.

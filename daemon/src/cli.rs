@@ -13,7 +13,8 @@ use clap::Parser;
     name = "buildkitd",
     about = "buildkit-rs: a BuildKit-compatible build daemon",
     version = crate::version::VERSION_LINE,
-    disable_help_subcommand = true
+    disable_help_subcommand = true,
+    args_override_self = true
 )]
 pub struct Flags {
     /// Path to config file.

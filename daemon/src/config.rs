@@ -412,7 +412,7 @@ pub fn load_str(text: &str, path: &str) -> Result<Loaded, ConfigError> {
     })
     .map_err(|e: toml::de::Error| ConfigError::Invalid {
         path: path.to_string(),
-        message: e.message().to_string(),
+        message: one_line(e.message()),
     })?;
     Ok(Loaded {
         config,
@@ -437,11 +437,21 @@ fn parse_merging_tables(text: &str) -> Result<toml::Table, (usize, String)> {
                     .span()
                     .map(|s| first_line + line_of(&section, s.start))
                     .unwrap_or(first_line);
-                return Err((line, e.message().to_string()));
+                return Err((line, one_line(e.message())));
             }
         }
     }
     Ok(merged)
+}
+
+/// toml's messages can span lines; errors here are one line.
+fn one_line(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(": ")
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
