@@ -225,14 +225,15 @@ impl Listeners {
 }
 
 fn bind_unix(path: &Path, uid: u32, gid: u32) -> io::Result<UnixListener> {
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        if !parent.exists() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o770)
-                .create(parent)?;
-            chown(parent, uid, gid)?;
-        }
+    if let Some(parent) = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty() && !p.exists())
+    {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o770)
+            .create(parent)?;
+        chown(parent, uid, gid)?;
     }
     match std::fs::remove_file(path) {
         Ok(()) => {}

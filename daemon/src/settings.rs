@@ -338,13 +338,11 @@ fn default_root(rootless: bool) -> PathBuf {
 }
 
 fn default_address(rootless: bool) -> String {
-    if rootless {
-        if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR") {
-            return format!(
-                "unix://{}/buildkit/buildkitd.sock",
-                PathBuf::from(dir).display()
-            );
-        }
+    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").filter(|_| rootless) {
+        return format!(
+            "unix://{}/buildkit/buildkitd.sock",
+            PathBuf::from(dir).display()
+        );
     }
     "unix:///run/buildkit/buildkitd.sock".to_string()
 }

@@ -547,26 +547,29 @@ fn timestamp(t: &prost_types::Timestamp) -> String {
     humantime::format_rfc3339_seconds(time).to_string()
 }
 
-/// Aligns columns with at least three spaces between them, like Go's
-/// tabwriter as buildctl configures it.
+/// Aligns columns with three spaces between them. Like Go's tabwriter as
+/// buildctl uses it, alignment holds within a run of consecutive rows with
+/// the same number of cells, so a nested block aligns on its own.
 fn write_table(out: &mut impl Write, rows: &[Vec<String>]) -> std::io::Result<()> {
-    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let mut widths = vec![0; columns];
-    for row in rows {
-        for (i, cell) in row.iter().enumerate().take(row.len().saturating_sub(1)) {
-            widths[i] = widths[i].max(cell.chars().count());
-        }
-    }
-    for row in rows {
-        let mut line = String::new();
-        for (i, cell) in row.iter().enumerate() {
-            if i + 1 < row.len() {
-                line.push_str(&format!("{cell:<width$}   ", width = widths[i]));
-            } else {
-                line.push_str(cell);
+    for block in rows.chunk_by(|a, b| a.len() == b.len()) {
+        let columns = block[0].len();
+        let mut widths = vec![0; columns];
+        for row in block {
+            for (i, cell) in row.iter().enumerate() {
+                widths[i] = widths[i].max(cell.chars().count());
             }
         }
-        writeln!(out, "{}", line.trim_end())?;
+        for row in block {
+            let mut line = String::new();
+            for (i, cell) in row.iter().enumerate() {
+                if i + 1 < row.len() {
+                    line.push_str(&format!("{cell:<width$}   ", width = widths[i]));
+                } else {
+                    line.push_str(cell);
+                }
+            }
+            writeln!(out, "{}", line.trim_end())?;
+        }
     }
     Ok(())
 }
