@@ -20,7 +20,7 @@ lint: deps
 
 # compat-tests start the real binaries, so they are built first.
 test: build lint
-	$(CARGO) test --locked --workspace
+	bash scripts/test.sh
 
 clean:
 	$(CARGO) clean
