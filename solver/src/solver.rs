@@ -1,0 +1,414 @@
+//! Solving a graph: cache keys, cache lookups, and running what misses.
+//!
+//! Every vertex has two shared futures within a job: its cache key (which
+//! needs only its inputs' keys) and its result (which needs its inputs'
+//! results only on a cache miss). The root's result is all a job asks for,
+//! so a cached chain never materialises the intermediate results it does
+//! not need. Vertices run as soon as their inputs allow, up to the
+//! configured parallelism, and a result being computed under a cache key is
+//! shared by every job that needs that key, so it runs once.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use bk_llb::{Digest, Graph, Vertex};
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
+use sha2::{Digest as _, Sha256};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::progress::{Progress, VertexProgress};
+
+/// A result an op produced: a handle the worker understands (a snapshot
+/// reference). Cloning shares it.
+pub trait ResultRef: Clone + Send + Sync + 'static {}
+impl<T: Clone + Send + Sync + 'static> ResultRef for T {}
+
+/// Why an op failed. The message is what the client sees.
+#[derive(Debug, Clone)]
+pub struct OpError {
+    pub message: String,
+}
+
+impl OpError {
+    pub fn new(message: impl Into<String>) -> OpError {
+        OpError {
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for OpError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for OpError {}
+
+/// Why a solve failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SolveError {
+    /// An op failed; names the vertex.
+    #[error("{message}")]
+    Op {
+        vertex: Digest,
+        name: String,
+        message: String,
+    },
+    #[error("context canceled")]
+    Canceled,
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// What an op gets to work with.
+#[derive(Clone)]
+pub struct OpContext {
+    /// The job's session ids, primary first.
+    pub session_group: Arc<Vec<String>>,
+    pub progress: VertexProgress,
+    pub cancel: CancellationToken,
+}
+
+/// One vertex's implementation, made by the worker.
+#[async_trait]
+pub trait Op<R: ResultRef>: Send + Sync {
+    /// The op's cache key from its inputs' keys. It may do work: a local
+    /// source must transfer the context before its content is known.
+    async fn cache_key(&self, ctx: &OpContext, input_keys: &[Digest]) -> Result<Digest, OpError>;
+
+    /// Produces the op's outputs (one per output index) from its inputs'
+    /// results, in `Op.inputs` order.
+    async fn exec(&self, ctx: &OpContext, inputs: Vec<R>) -> Result<Vec<R>, OpError>;
+}
+
+/// Turns vertices into ops.
+pub trait Worker<R: ResultRef>: Send + Sync {
+    fn op(&self, vertex: &Vertex) -> Result<Arc<dyn Op<R>>, OpError>;
+}
+
+/// Results by cache key. The daemon's implementation persists them.
+#[async_trait]
+pub trait ResultCache<R: ResultRef>: Send + Sync {
+    async fn load(&self, key: &Digest) -> Option<Vec<R>>;
+    async fn save(&self, key: &Digest, results: &[R]);
+}
+
+/// Combines an op's own key with its inputs' keys (and the output index
+/// each input uses) into the vertex's cache key.
+pub fn combine_key(op_key: &Digest, inputs: &[(Digest, usize)]) -> Digest {
+    let mut h = Sha256::new();
+    h.update(b"buildkit-rs cache key v1\0");
+    h.update(op_key.as_str().as_bytes());
+    for (key, index) in inputs {
+        h.update(b"\0");
+        h.update(key.as_str().as_bytes());
+        h.update(index.to_le_bytes());
+    }
+    let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    Digest::parse(&format!("sha256:{hex}")).unwrap_or_else(|| Digest::of(hex.as_bytes()))
+}
+
+type SharedResult<R> = Shared<BoxFuture<'static, Result<Arc<Vec<R>>, SolveError>>>;
+type SharedKey = Shared<BoxFuture<'static, Result<Digest, SolveError>>>;
+
+/// The solver, shared by all jobs of the daemon.
+pub struct Solver<R: ResultRef> {
+    worker: Arc<dyn Worker<R>>,
+    cache: Arc<dyn ResultCache<R>>,
+    parallelism: Arc<Semaphore>,
+    /// Results being computed, by cache key, across jobs.
+    inflight: Mutex<HashMap<Digest, SharedResult<R>>>,
+}
+
+/// What one solve asks for.
+pub struct Job {
+    pub graph: Graph,
+    pub session_group: Vec<String>,
+    pub progress: Progress,
+    pub cancel: CancellationToken,
+}
+
+struct JobState<R: ResultRef> {
+    solver: Arc<Solver<R>>,
+    graph: Graph,
+    names: HashMap<Digest, String>,
+    ops: Mutex<HashMap<Digest, Arc<dyn Op<R>>>>,
+    keys: Mutex<HashMap<Digest, SharedKey>>,
+    results: Mutex<HashMap<Digest, SharedResult<R>>>,
+    session_group: Arc<Vec<String>>,
+    progress: Progress,
+    cancel: CancellationToken,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl<R: ResultRef> Solver<R> {
+    /// `max_parallelism` bounds how many ops execute at once (`None`: the
+    /// number of CPUs, as BuildKit's default is unbounded but CPU-bound work
+    /// gains nothing beyond it).
+    pub fn new(
+        worker: Arc<dyn Worker<R>>,
+        cache: Arc<dyn ResultCache<R>>,
+        max_parallelism: Option<usize>,
+    ) -> Arc<Self> {
+        let permits = max_parallelism
+            .unwrap_or_else(|| {
+                std::thread::available_parallelism()
+                    .map(|n| n.get() * 4)
+                    .unwrap_or(8)
+            })
+            .max(1);
+        Arc::new(Solver {
+            worker,
+            cache,
+            parallelism: Arc::new(Semaphore::new(permits)),
+            inflight: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Solves the job's graph and returns the root output.
+    pub async fn solve(self: &Arc<Self>, job: Job) -> Result<R, SolveError> {
+        let names = bk_llb::name::names(&job.graph);
+        let reachable: Vec<(Digest, String, Vec<Digest>)> = job
+            .graph
+            .reachable()
+            .into_iter()
+            .map(|v| {
+                let mut inputs: Vec<Digest> = v.inputs.iter().map(|(d, _)| d.clone()).collect();
+                inputs.dedup();
+                (
+                    v.digest.clone(),
+                    names.get(&v.digest).cloned().unwrap_or_default(),
+                    inputs,
+                )
+            })
+            .collect();
+        job.progress.announce(reachable);
+        let (root, index) = job.graph.root.clone();
+        let state = Arc::new(JobState {
+            solver: self.clone(),
+            graph: job.graph,
+            names,
+            ops: Mutex::new(HashMap::new()),
+            keys: Mutex::new(HashMap::new()),
+            results: Mutex::new(HashMap::new()),
+            session_group: Arc::new(job.session_group),
+            progress: job.progress,
+            cancel: job.cancel.clone(),
+        });
+        let result = tokio::select! {
+            r = state.result(&root) => r,
+            () = job.cancel.cancelled() => Err(SolveError::Canceled),
+        };
+        if job.cancel.is_cancelled() {
+            // Whatever an op said while being stopped, the build was canceled.
+            return Err(SolveError::Canceled);
+        }
+        let outputs = result?;
+        outputs
+            .get(index)
+            .cloned()
+            .ok_or_else(|| SolveError::Invalid(format!("{root} has no output {index}")))
+    }
+}
+
+impl<R: ResultRef> JobState<R> {
+    fn vertex(&self, digest: &Digest) -> Result<&Vertex, SolveError> {
+        self.graph
+            .vertices
+            .get(digest)
+            .ok_or_else(|| SolveError::Invalid(format!("unknown vertex {digest}")))
+    }
+
+    fn name(&self, digest: &Digest) -> String {
+        self.names.get(digest).cloned().unwrap_or_default()
+    }
+
+    fn op_error(&self, digest: &Digest, e: OpError) -> SolveError {
+        SolveError::Op {
+            vertex: digest.clone(),
+            name: self.name(digest),
+            message: e.message,
+        }
+    }
+
+    fn op(&self, digest: &Digest) -> Result<Arc<dyn Op<R>>, SolveError> {
+        if let Some(op) = lock(&self.ops).get(digest) {
+            return Ok(op.clone());
+        }
+        let vertex = self.vertex(digest)?;
+        let op = self
+            .solver
+            .worker
+            .op(vertex)
+            .map_err(|e| self.op_error(digest, e))?;
+        Ok(lock(&self.ops).entry(digest.clone()).or_insert(op).clone())
+    }
+
+    fn context(&self, digest: &Digest) -> OpContext {
+        OpContext {
+            session_group: self.session_group.clone(),
+            progress: VertexProgress {
+                progress: self.progress.clone(),
+                digest: digest.clone(),
+            },
+            cancel: self.cancel.clone(),
+        }
+    }
+
+    /// The vertex's cache key (shared within the job).
+    fn key(self: &Arc<Self>, digest: &Digest) -> SharedKey {
+        let mut keys = lock(&self.keys);
+        if let Some(k) = keys.get(digest) {
+            return k.clone();
+        }
+        let this = self.clone();
+        let d = digest.clone();
+        let fut = async move {
+            let vertex = this.vertex(&d)?.clone();
+            let input_keys: Vec<SharedKey> =
+                vertex.inputs.iter().map(|(i, _)| this.key(i)).collect();
+            let mut keys = Vec::with_capacity(input_keys.len());
+            for k in input_keys {
+                keys.push(k.await?);
+            }
+            let op = this.op(&d)?;
+            let op_key = op
+                .cache_key(&this.context(&d), &keys)
+                .await
+                .map_err(|e| this.op_error(&d, e))?;
+            let with_index: Vec<(Digest, usize)> = keys
+                .into_iter()
+                .zip(vertex.inputs.iter().map(|(_, i)| *i))
+                .collect();
+            Ok(combine_key(&op_key, &with_index))
+        }
+        .boxed()
+        .shared();
+        keys.insert(digest.clone(), fut.clone());
+        fut
+    }
+
+    /// The vertex's outputs (shared within the job, and across jobs by key).
+    fn result(self: &Arc<Self>, digest: &Digest) -> SharedResult<R> {
+        let mut results = lock(&self.results);
+        if let Some(r) = results.get(digest) {
+            return r.clone();
+        }
+        let this = self.clone();
+        let d = digest.clone();
+        let fut = async move {
+            let key = this.key(&d).await?;
+            let vertex = this.vertex(&d)?.clone();
+            let cached = match vertex.metadata.ignore_cache {
+                true => None,
+                false => this.solver.cache.load(&key).await,
+            };
+            if let Some(found) = cached {
+                this.progress.completed(&d, true, None);
+                return Ok(Arc::new(found));
+            }
+            // Someone may already be computing this key for another job.
+            let (shared, ours) = {
+                let mut inflight = lock(&this.solver.inflight);
+                match inflight.get(&key).filter(|_| !vertex.metadata.ignore_cache) {
+                    Some(existing) => (existing.clone(), false),
+                    None => {
+                        let run = this.clone().run(d.clone(), key.clone()).boxed().shared();
+                        inflight.insert(key.clone(), run.clone());
+                        (run, true)
+                    }
+                }
+            };
+            let outcome = shared.await;
+            lock(&this.solver.inflight).remove(&key);
+            if !ours {
+                // Another job ran it; this job's progress still closes it.
+                let error = outcome.as_ref().err().map(ToString::to_string);
+                this.progress.completed(&d, false, error.as_deref());
+            }
+            outcome
+        }
+        .boxed()
+        .shared();
+        results.insert(digest.clone(), fut.clone());
+        fut
+    }
+
+    /// Executes a vertex: inputs first, then the op, then the cache.
+    async fn run(self: Arc<Self>, digest: Digest, key: Digest) -> Result<Arc<Vec<R>>, SolveError> {
+        let vertex = self.vertex(&digest)?.clone();
+        let input_futures: Vec<SharedResult<R>> =
+            vertex.inputs.iter().map(|(i, _)| self.result(i)).collect();
+        let mut inputs = Vec::with_capacity(input_futures.len());
+        for ((input, index), fut) in vertex.inputs.iter().zip(input_futures) {
+            let outputs = fut.await?;
+            let output = outputs
+                .get(*index)
+                .cloned()
+                .ok_or_else(|| SolveError::Invalid(format!("{input} has no output {index}")))?;
+            inputs.push(output);
+        }
+        let op = self.op(&digest)?;
+        let _permit = self
+            .solver
+            .parallelism
+            .acquire()
+            .await
+            .map_err(|_| SolveError::Canceled)?;
+        self.progress.started(&digest);
+        let ctx = self.context(&digest);
+        let outcome = tokio::select! {
+            r = op.exec(&ctx, inputs) => r,
+            () = self.cancel.cancelled() => Err(OpError::new(crate::progress::CANCELED)),
+        };
+        match outcome {
+            Ok(outputs) => {
+                self.solver.cache.save(&key, &outputs).await;
+                self.progress.completed(&digest, false, None);
+                Ok(Arc::new(outputs))
+            }
+            Err(_) if self.cancel.is_cancelled() => {
+                self.progress
+                    .completed(&digest, false, Some(crate::progress::CANCELED));
+                Err(SolveError::Canceled)
+            }
+            Err(e) => {
+                self.progress.completed(&digest, false, Some(&e.message));
+                Err(self.op_error(&digest, e))
+            }
+        }
+    }
+}
+
+/// A result cache in memory, for tests and for ops whose results must not
+/// outlive the daemon.
+pub struct MemoryCache<R> {
+    entries: Mutex<HashMap<Digest, Vec<R>>>,
+}
+
+impl<R> Default for MemoryCache<R> {
+    fn default() -> Self {
+        MemoryCache {
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+#[async_trait]
+impl<R: ResultRef> ResultCache<R> for MemoryCache<R> {
+    async fn load(&self, key: &Digest) -> Option<Vec<R>> {
+        lock(&self.entries).get(key).cloned()
+    }
+
+    async fn save(&self, key: &Digest, results: &[R]) {
+        lock(&self.entries).insert(key.clone(), results.to_vec());
+    }
+}
