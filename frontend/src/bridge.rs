@@ -1,0 +1,253 @@
+//! The LLB bridge of one build: what `LLBBridge` calls act on.
+//!
+//! A client-side build (buildctl, buildx) or a frontend asks the bridge to
+//! solve definitions; each answer is a ref id the bridge remembers together
+//! with its definition, built only when something needs it (`Evaluate`, a
+//! file read, or the final result). `Return` hands the build's result (or
+//! error) to whoever waits in [`Bridge::returned`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use bk_llb::Graph;
+use bk_proto::google::rpc;
+use bk_proto::moby::buildkit::v1::apicaps::ApiCap;
+use bk_proto::moby::buildkit::v1::frontend::{self as gw, result::Result as ResultKind};
+use bk_proto::moby::buildkit::v1::types::WorkerRecord;
+use bk_proto::pb;
+use bk_solver::{Job, Progress, ResultRef, SolveError, Solver};
+use tokio::sync::{OnceCell, oneshot};
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+
+/// Gateway API capabilities this bridge implements.
+pub const FRONTEND_CAPS: &[&str] = &[
+    "gateway.evaluate",
+    "gateway.solve.evaluate",
+    "proto.refarray",
+    "readfile",
+    "return",
+    "solve.base",
+];
+
+/// LLB capabilities the solver and its ops implement.
+pub const LLB_CAPS: &[&str] = &[
+    "constraints",
+    "file.base",
+    "file.copy.alwaysreplaceexistingdestpaths",
+    "file.copy.includeexcludepatterns",
+    "file.copy.modestring",
+    "file.rm.nofollowsymlink",
+    "file.rm.wildcard",
+    "file.symlink.create",
+    "mergeop",
+    "meta.description",
+    "meta.ignorecache",
+    "platform",
+    "source.local",
+    "source.local.differ",
+    "source.local.excludepatterns",
+    "source.local.followpaths",
+    "source.local.includepatterns",
+    "source.local.sessionid",
+    "source.local.sharedkeyhint",
+    "source.local.unique",
+];
+
+fn caps(ids: &[&str]) -> Vec<ApiCap> {
+    let mut out: Vec<ApiCap> = ids
+        .iter()
+        .map(|id| ApiCap {
+            id: id.to_string(),
+            enabled: true,
+            ..Default::default()
+        })
+        .collect();
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    out
+}
+
+/// What `Return` delivered.
+#[derive(Debug, Clone)]
+pub enum Returned {
+    /// The result is this bridge ref.
+    Ref(String),
+    /// A result without a filesystem.
+    Empty,
+    /// The build failed on the client's side.
+    Error(rpc::Status),
+}
+
+struct BridgeRef<R> {
+    definition: pb::Definition,
+    result: OnceCell<Result<R, SolveError>>,
+}
+
+/// One build's bridge.
+pub struct Bridge<R: ResultRef> {
+    solver: Arc<Solver<R>>,
+    progress: Progress,
+    session_group: Vec<String>,
+    cancel: CancellationToken,
+    workers: Vec<WorkerRecord>,
+    refs: Mutex<HashMap<String, Arc<BridgeRef<R>>>>,
+    returned: Mutex<Option<oneshot::Sender<Returned>>>,
+}
+
+fn new_ref_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    bk_llb::Digest::of(format!("{t}:{n}").as_bytes()).as_str()[7..32].to_string()
+}
+
+impl<R: ResultRef> Bridge<R> {
+    /// A bridge whose solves report to `progress`; the receiver resolves
+    /// when the client calls `Return`.
+    pub fn new(
+        solver: Arc<Solver<R>>,
+        progress: Progress,
+        session_group: Vec<String>,
+        cancel: CancellationToken,
+        workers: Vec<WorkerRecord>,
+    ) -> (Arc<Bridge<R>>, oneshot::Receiver<Returned>) {
+        let (tx, rx) = oneshot::channel();
+        let bridge = Arc::new(Bridge {
+            solver,
+            progress,
+            session_group,
+            cancel,
+            workers,
+            refs: Mutex::new(HashMap::new()),
+            returned: Mutex::new(Some(tx)),
+        });
+        (bridge, rx)
+    }
+
+    pub fn ping(&self) -> gw::PongResponse {
+        gw::PongResponse {
+            frontend_api_caps: caps(FRONTEND_CAPS),
+            llb_caps: caps(LLB_CAPS),
+            workers: self.workers.clone(),
+        }
+    }
+
+    /// Records a definition and answers with its ref; builds it only when
+    /// asked to evaluate.
+    pub async fn solve(&self, req: gw::SolveRequest) -> Result<gw::SolveResponse, Status> {
+        if !req.frontend.is_empty() {
+            return Err(Status::unimplemented(format!(
+                "frontend {:?} is not supported yet by buildkit-rs",
+                req.frontend
+            )));
+        }
+        let result_kind = match req.definition.filter(|d| !d.def.is_empty()) {
+            None => None,
+            Some(definition) => {
+                Graph::decode(&definition).map_err(|e| Status::invalid_argument(e.to_string()))?;
+                let id = new_ref_id();
+                let entry = Arc::new(BridgeRef {
+                    definition: definition.clone(),
+                    result: OnceCell::new(),
+                });
+                self.refs
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(id.clone(), entry);
+                if req.evaluate {
+                    self.evaluate(&id).await?;
+                }
+                Some(if req.allow_result_array_ref {
+                    ResultKind::Ref(gw::Ref {
+                        id,
+                        def: Some(definition),
+                    })
+                } else {
+                    ResultKind::RefDeprecated(id)
+                })
+            }
+        };
+        if req.allow_result_return {
+            return Ok(gw::SolveResponse {
+                r#ref: String::new(),
+                result: Some(gw::Result {
+                    result: result_kind,
+                    ..Default::default()
+                }),
+            });
+        }
+        let id = match result_kind {
+            Some(ResultKind::Ref(r)) => r.id,
+            Some(ResultKind::RefDeprecated(id)) => id,
+            _ => String::new(),
+        };
+        Ok(gw::SolveResponse {
+            r#ref: id,
+            result: None,
+        })
+    }
+
+    /// Builds ref `id` (once; later calls share the outcome).
+    pub async fn evaluate(&self, id: &str) -> Result<R, Status> {
+        let entry = self
+            .refs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Status::not_found(format!("no such ref {id}")))?;
+        let outcome = entry
+            .result
+            .get_or_init(|| async {
+                let graph = Graph::decode(&entry.definition)
+                    .map_err(|e| SolveError::Invalid(e.to_string()))?;
+                let job = Job {
+                    graph,
+                    session_group: self.session_group.clone(),
+                    progress: self.progress.clone(),
+                    cancel: self.cancel.clone(),
+                };
+                self.solver.solve(job).await
+            })
+            .await;
+        outcome.clone().map_err(|e| match e {
+            SolveError::Canceled => Status::cancelled("context canceled"),
+            SolveError::Invalid(m) => Status::invalid_argument(m),
+            SolveError::Op { message, .. } => Status::unknown(message),
+        })
+    }
+
+    /// `Return`: the build's result or error, delivered once.
+    pub fn r#return(&self, req: gw::ReturnRequest) -> Result<(), Status> {
+        let returned = match (req.error.filter(|e| e.code != 0), req.result) {
+            (Some(error), _) => Returned::Error(error),
+            (None, Some(result)) => match result.result {
+                Some(ResultKind::Ref(r)) if !r.id.is_empty() => Returned::Ref(r.id),
+                Some(ResultKind::RefDeprecated(id)) if !id.is_empty() => Returned::Ref(id),
+                Some(ResultKind::Refs(_)) | Some(ResultKind::RefsDeprecated(_)) => {
+                    return Err(Status::unimplemented(
+                        "multi-platform results are not supported yet by buildkit-rs",
+                    ));
+                }
+                _ => Returned::Empty,
+            },
+            (None, None) => Returned::Empty,
+        };
+        let sender = self
+            .returned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        match sender {
+            Some(tx) => {
+                let _ = tx.send(returned);
+                Ok(())
+            }
+            None => Err(Status::failed_precondition("result was already returned")),
+        }
+    }
+}

@@ -1,0 +1,236 @@
+//! File ops (mkdir, mkfile, rm, symlink, copy) and merge, on snapshots.
+//!
+//! A file op's actions form a chain: each works on a tree (an input, scratch,
+//! or an earlier action's result) and may read a second one (a copy's
+//! source). Every tree an action writes starts as a copy of its base, so
+//! inputs are never modified; intermediate trees that nothing else reads are
+//! handed on rather than copied again.
+
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+use bk_cache::{CacheManager, RecordType, Ref};
+use bk_llb::Digest;
+use bk_proto::pb;
+use bk_solver::{Op, OpContext, OpError};
+
+use crate::blocking;
+
+/// One file op vertex.
+pub struct FileOp {
+    digest: Digest,
+    op: pb::FileOp,
+    cache: CacheManager,
+}
+
+impl FileOp {
+    pub fn new(digest: Digest, op: pb::FileOp, cache: CacheManager) -> FileOp {
+        FileOp { digest, op, cache }
+    }
+}
+
+#[async_trait]
+impl Op<Ref> for FileOp {
+    async fn cache_key(&self, _ctx: &OpContext, _inputs: &[Digest]) -> Result<Digest, OpError> {
+        // The op's bytes say everything it does; inputs are combined by the
+        // solver.
+        Ok(self.digest.clone())
+    }
+
+    async fn exec(&self, _ctx: &OpContext, inputs: Vec<Ref>) -> Result<Vec<Ref>, OpError> {
+        let actions = self.op.actions.clone();
+        let cache = self.cache.clone();
+        let input_paths: Vec<PathBuf> = inputs.iter().map(|r| r.path().to_path_buf()).collect();
+        let description = bk_llb::name::vertex_name(
+            &bk_llb::Vertex {
+                digest: self.digest.clone(),
+                op: pb::Op {
+                    op: Some(pb::op::Op::File(self.op.clone())),
+                    ..Default::default()
+                },
+                inputs: Vec::new(),
+                metadata: Default::default(),
+            },
+            &|_| String::new(),
+        );
+        let parents: Vec<String> = inputs.iter().map(|r| r.id().to_string()).collect();
+        let written = blocking(move || run_actions(&cache, &actions, &input_paths)).await?;
+        let mut outputs: Vec<(i64, Ref)> = Vec::new();
+        for (output, id) in written {
+            let r = self
+                .cache
+                .commit(
+                    &id,
+                    RecordType::Regular,
+                    &description,
+                    parents.clone(),
+                    false,
+                )
+                .map_err(|e| OpError::new(e.to_string()))?;
+            outputs.push((output, r));
+        }
+        outputs.sort_by_key(|(o, _)| *o);
+        Ok(outputs.into_iter().map(|(_, r)| r).collect())
+    }
+}
+
+/// Runs the actions the outputs need, in plan order; returns `(output
+/// index, snapshot id)` per output. A result only one reader uses is
+/// changed in place by it; everything else starts from a copy.
+fn run_actions(
+    cache: &CacheManager,
+    actions: &[pb::FileAction],
+    inputs: &[PathBuf],
+) -> Result<Vec<(i64, String)>, OpError> {
+    use bk_fileops::plan::Ref as Index;
+    let err = |e: bk_fileops::FileOpError| OpError::new(e.to_string());
+    let cache_err = |e: bk_cache::CacheError| OpError::new(e.to_string());
+    let plan = bk_fileops::plan::plan(inputs.len(), actions).map_err(err)?;
+    let index = |i: i64| Index::of(i, inputs.len(), actions.len());
+    let mut results: Vec<Option<(String, PathBuf)>> = vec![None; actions.len()];
+    // Directories this op created, to remove unless they become outputs.
+    let mut created: Vec<PathBuf> = Vec::new();
+    let outcome = (|| {
+        let mut empty: Option<PathBuf> = None;
+        for &k in &plan.order {
+            let action = &actions[k];
+            let path_of = |r: Option<Index>,
+                           results: &[Option<(String, PathBuf)>]|
+             -> Result<Option<PathBuf>, OpError> {
+                match r {
+                    Some(Index::Input(i)) => Ok(Some(inputs[i].clone())),
+                    Some(Index::Action(j)) => results[j]
+                        .as_ref()
+                        .map(|(_, p)| Some(p.clone()))
+                        .ok_or_else(|| {
+                            OpError::new(format!(
+                                "file action {k} reads action {j}, which has not run"
+                            ))
+                        }),
+                    Some(Index::Scratch) | None => Ok(None),
+                }
+            };
+            let base = index(action.input);
+            let (id, dest) = match base {
+                Some(Index::Action(j)) if !plan.shared[j] => {
+                    results[j].take().ok_or_else(|| {
+                        OpError::new(format!(
+                            "file action {k} reads action {j}, which has not run"
+                        ))
+                    })?
+                }
+                _ => {
+                    let (id, path) = cache.create_dir().map_err(cache_err)?;
+                    created.push(path.clone());
+                    if let Some(src) = path_of(base, &results)? {
+                        std::fs::remove_dir(&path).map_err(|e| OpError::new(e.to_string()))?;
+                        bk_fileops::clone_tree(&src, &path).map_err(err)?;
+                    }
+                    (id, path)
+                }
+            };
+            let mut scratch = || -> Result<PathBuf, OpError> {
+                if let Some(p) = &empty {
+                    return Ok(p.clone());
+                }
+                let (_, path) = cache.create_dir().map_err(cache_err)?;
+                created.push(path.clone());
+                empty = Some(path.clone());
+                Ok(path)
+            };
+            let src = match path_of(index(action.secondary_input), &results)? {
+                Some(p) => Some(p),
+                None if matches!(action.action, Some(pb::file_action::Action::Copy(_))) => {
+                    Some(scratch()?)
+                }
+                None => None,
+            };
+            let chown = match &action.action {
+                Some(pb::file_action::Action::Copy(c)) => c.owner.as_ref(),
+                Some(pb::file_action::Action::Mkdir(m)) => m.owner.as_ref(),
+                Some(pb::file_action::Action::Mkfile(m)) => m.owner.as_ref(),
+                Some(pb::file_action::Action::Symlink(m)) => m.owner.as_ref(),
+                _ => None,
+            };
+            let (user_input, group_input) = bk_fileops::owner_inputs(chown);
+            let user = path_of(user_input.and_then(index), &results)?;
+            let group = path_of(group_input.and_then(index), &results)?;
+            let roots = bk_fileops::ActionRoots {
+                dest: &dest,
+                src: src.as_deref(),
+                user: user.as_deref(),
+                group: group.as_deref(),
+            };
+            bk_fileops::apply(action, &roots).map_err(err)?;
+            results[k] = Some((id, dest));
+        }
+        let mut outputs = Vec::new();
+        for (output, &k) in plan.outputs.iter().enumerate() {
+            let (id, _) = results[k]
+                .as_ref()
+                .ok_or_else(|| OpError::new(format!("output {output} was not produced")))?;
+            outputs.push((output as i64, id.clone()));
+        }
+        Ok(outputs)
+    })();
+    let kept: std::collections::HashSet<PathBuf> = match &outcome {
+        Ok(outputs) => outputs
+            .iter()
+            .filter_map(|(_, id)| {
+                results
+                    .iter()
+                    .flatten()
+                    .find(|(rid, _)| rid == id)
+                    .map(|(_, p)| p.clone())
+            })
+            .collect(),
+        Err(_) => Default::default(),
+    };
+    for path in created {
+        if !kept.contains(&path) {
+            let _ = std::fs::remove_dir_all(&path);
+        }
+    }
+    outcome
+}
+
+/// `MergeOp`: the inputs layered in order, later ones winning.
+pub struct MergeOp {
+    digest: Digest,
+    cache: CacheManager,
+}
+
+impl MergeOp {
+    pub fn new(digest: Digest, _op: pb::MergeOp, cache: CacheManager) -> MergeOp {
+        MergeOp { digest, cache }
+    }
+}
+
+#[async_trait]
+impl Op<Ref> for MergeOp {
+    async fn cache_key(&self, _ctx: &OpContext, _inputs: &[Digest]) -> Result<Digest, OpError> {
+        Ok(self.digest.clone())
+    }
+
+    async fn exec(&self, _ctx: &OpContext, inputs: Vec<Ref>) -> Result<Vec<Ref>, OpError> {
+        let (id, dest) = self
+            .cache
+            .create_dir()
+            .map_err(|e| OpError::new(e.to_string()))?;
+        let sources: Vec<PathBuf> = inputs.iter().map(|r| r.path().to_path_buf()).collect();
+        blocking(move || {
+            for src in &sources {
+                crate::tree::overlay_onto(src, &dest)
+                    .map_err(|e| OpError::new(format!("failed to merge: {e}")))?;
+            }
+            Ok(())
+        })
+        .await?;
+        let parents = inputs.iter().map(|r| r.id().to_string()).collect();
+        let merged = self
+            .cache
+            .commit(&id, RecordType::Regular, "merge", parents, false)
+            .map_err(|e| OpError::new(e.to_string()))?;
+        Ok(vec![merged])
+    }
+}
