@@ -5,6 +5,7 @@
 //! Control API through its methods. The `bkctl` binary in this crate is a
 //! command-line front end whose subcommands and flags follow `buildctl`.
 
+pub mod build;
 pub mod csv;
 pub mod solve_opts;
 

@@ -41,6 +41,19 @@ pub enum OutputTarget {
     Stdout,
 }
 
+impl OutputTarget {
+    /// The session's receiving end for this output, if it has one.
+    pub fn file_send_target(&self) -> Option<bk_session::filesync::FileSendTarget> {
+        use bk_session::filesync::FileSendTarget;
+        match self {
+            OutputTarget::None => None,
+            OutputTarget::Dir(d) => Some(FileSendTarget::Dir(d.clone())),
+            OutputTarget::File(f) => Some(FileSendTarget::File(f.clone())),
+            OutputTarget::Stdout => Some(FileSendTarget::Stdout),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExportEntry {
     pub exporter_type: String,
@@ -48,11 +61,7 @@ pub struct ExportEntry {
     pub target: OutputTarget,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SecretSource {
-    File(PathBuf),
-    Env(String),
-}
+pub use bk_session::secrets::SecretSource;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SecretSpec {

@@ -123,7 +123,7 @@ async fn history_probe_is_a_clean_empty_stream() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn solve_and_status_answer_unimplemented() {
+async fn unsupported_frontends_and_unknown_jobs_get_clear_errors() {
     let daemon = Daemon::start(DaemonOptions::default());
     let mut control = daemon.client().await.control();
     let err = control
@@ -136,15 +136,21 @@ async fn solve_and_status_answer_unimplemented() {
         .unwrap_err();
     assert_eq!(err.code(), Code::Unimplemented);
     assert!(
-        err.message().contains("not implemented"),
+        err.message().contains("not supported yet"),
         "{}",
         err.message()
     );
+
+    // Status waits briefly for a job that may still be starting, then says
+    // what BuildKit says.
     let err = control
-        .status(StatusRequest { r#ref: "r1".into() })
+        .status(StatusRequest {
+            r#ref: "never-started".into(),
+        })
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Code::Unimplemented);
+    assert_eq!(err.code(), Code::NotFound);
+    assert_eq!(err.message(), "no such job never-started");
     // The daemon is still fine afterwards.
     assert!(
         control

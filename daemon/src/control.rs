@@ -1,10 +1,11 @@
 //! The `moby.buildkit.v1.Control` service.
 //!
-//! Answers what exists today: workers, version, an empty cache (disk usage
-//! and prune), an empty build history. `Solve`, `Status` and `Session` answer
-//! `Unimplemented` until the solver and session crates land.
+//! Builds (`Solve`, `Status`, `DiskUsage`, `Prune`) are [`Builds`]' work;
+//! sessions go to the session manager; workers, version and the (not yet
+//! recorded) build history are answered here.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use bk_proto::moby::buildkit::v1::control_server::Control;
@@ -14,11 +15,13 @@ use bk_proto::moby::buildkit::v1::{
     SolveResponse, StatusRequest, StatusResponse, UpdateBuildHistoryRequest,
     UpdateBuildHistoryResponse, UsageRecord, types::WorkerRecord,
 };
+use bk_session::SessionManager;
 use futures::{Stream, StreamExt as _};
 use tokio::sync::watch;
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::build::Builds;
 use crate::filters::Filters;
 use crate::worker::format_platform;
 
@@ -29,12 +32,24 @@ const CURRENT_TIMESTAMP_HEADER: &str = "buildkit-current-timestamp";
 
 pub struct ControlService {
     workers: Vec<WorkerRecord>,
+    sessions: Arc<SessionManager>,
+    builds: Arc<Builds>,
     shutdown: watch::Receiver<bool>,
 }
 
 impl ControlService {
-    pub fn new(workers: Vec<WorkerRecord>, shutdown: watch::Receiver<bool>) -> Self {
-        ControlService { workers, shutdown }
+    pub fn new(
+        workers: Vec<WorkerRecord>,
+        sessions: Arc<SessionManager>,
+        builds: Arc<Builds>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        ControlService {
+            workers,
+            sessions,
+            builds,
+            shutdown,
+        }
     }
 }
 
@@ -70,8 +85,8 @@ impl Control for ControlService {
         &self,
         request: Request<DiskUsageRequest>,
     ) -> Result<Response<DiskUsageResponse>, Status> {
-        Filters::parse(&request.get_ref().filter).map_err(Status::invalid_argument)?;
-        Ok(Response::new(DiskUsageResponse { record: Vec::new() }))
+        let record = self.builds.disk_usage(request.into_inner().filter).await?;
+        Ok(Response::new(DiskUsageResponse { record }))
     }
 
     type PruneStream = BoxStream<UsageRecord>;
@@ -80,42 +95,41 @@ impl Control for ControlService {
         &self,
         request: Request<PruneRequest>,
     ) -> Result<Response<Self::PruneStream>, Status> {
-        Filters::parse(&request.get_ref().filter).map_err(Status::invalid_argument)?;
-        // Nothing is cached yet, so nothing is removed.
-        Ok(Response::new(Box::pin(futures::stream::empty())))
+        let removed = self.builds.prune(request.into_inner()).await?;
+        Ok(Response::new(Box::pin(futures::stream::iter(
+            removed.into_iter().map(Ok),
+        ))))
     }
 
     async fn solve(
         &self,
         request: Request<SolveRequest>,
     ) -> Result<Response<SolveResponse>, Status> {
-        let req = request.get_ref();
-        tracing::info!(r#ref = %req.r#ref, frontend = %req.frontend, "solve requested");
-        Err(Status::unimplemented(
-            "solve is not implemented yet by buildkit-rs: builds arrive with the solver",
-        ))
+        let req = request.into_inner();
+        tracing::info!(r#ref = %req.r#ref, frontend = %req.frontend, "solve");
+        let response = self.builds.solve(req).await?;
+        Ok(Response::new(response))
     }
 
     type StatusStream = BoxStream<StatusResponse>;
 
     async fn status(
         &self,
-        _request: Request<StatusRequest>,
+        request: Request<StatusRequest>,
     ) -> Result<Response<Self::StatusStream>, Status> {
-        Err(Status::unimplemented(
-            "build status is not implemented yet by buildkit-rs: builds arrive with the solver",
-        ))
+        let stream = self.builds.status(&request.get_ref().r#ref).await?;
+        Ok(with_timestamp(stream))
     }
 
     type SessionStream = BoxStream<BytesMessage>;
 
     async fn session(
         &self,
-        _request: Request<Streaming<BytesMessage>>,
+        request: Request<Streaming<BytesMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
-        Err(Status::unimplemented(
-            "sessions are not implemented yet by buildkit-rs",
-        ))
+        let metadata = request.metadata().clone();
+        let stream = self.sessions.handle(&metadata, request.into_inner())?;
+        Ok(Response::new(stream))
     }
 
     async fn list_workers(

@@ -6,11 +6,13 @@
 //! the listeners ([`listen`]) and serves the gRPC API ([`control`]) until
 //! SIGTERM or SIGINT.
 
+pub mod build;
 pub mod cli;
 pub mod config;
 pub mod control;
 pub mod debug;
 pub mod filters;
+pub mod gateway;
 pub mod listen;
 pub mod settings;
 pub mod version;
@@ -66,8 +68,11 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let _lock = lock_root(&settings.root)?;
 
     let mut workers = Vec::new();
+    let mut state_dir = None;
     if let Some(oci) = &settings.oci {
-        workers.push(worker::oci_worker_record(&settings.root, oci)?);
+        let (record, dir) = worker::oci_worker_record(&settings.root, oci)?;
+        workers.push(record);
+        state_dir = Some(dir);
     }
     if settings.containerd == Some(true) {
         tracing::warn!("the containerd worker is not implemented yet; it is not started");
@@ -92,15 +97,44 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     health_reporter
         .set_serving::<ControlServer<control::ControlService>>()
         .await;
-    let control = ControlServer::new(control::ControlService::new(workers, shutdown_rx.clone()))
-        .max_decoding_message_size(MAX_MESSAGE_SIZE)
-        .max_encoding_message_size(MAX_MESSAGE_SIZE);
+    let sessions = bk_session::SessionManager::new();
+    let state_dir = state_dir.context("no worker state directory")?;
+    let cache = tokio::task::spawn_blocking(move || bk_cache::CacheManager::open(&state_dir))
+        .await
+        .context("cache start-up failed")??;
+    let max_parallelism = settings.oci.as_ref().and_then(|o| o.max_parallelism);
+    let solver = bk_solver::Solver::new(
+        std::sync::Arc::new(bk_ops::SnapshotWorker::new(cache.clone(), sessions.clone())),
+        std::sync::Arc::new(bk_ops::SnapshotResults::new(cache.clone())),
+        max_parallelism,
+    );
+    let builds = build::Builds::new(
+        solver,
+        cache,
+        sessions.clone(),
+        settings.entitlements.clone(),
+        workers.clone(),
+    );
+    let gateway = bk_proto::moby::buildkit::v1::frontend::llb_bridge_server::LlbBridgeServer::new(
+        gateway::GatewayService::new(builds.clone()),
+    )
+    .max_decoding_message_size(MAX_MESSAGE_SIZE)
+    .max_encoding_message_size(MAX_MESSAGE_SIZE);
+    let control = ControlServer::new(control::ControlService::new(
+        workers,
+        sessions,
+        builds,
+        shutdown_rx.clone(),
+    ))
+    .max_decoding_message_size(MAX_MESSAGE_SIZE)
+    .max_encoding_message_size(MAX_MESSAGE_SIZE);
 
     let incoming = ReceiverStream::new(listeners.accept_all());
     let mut stop = shutdown_rx.clone();
     let server = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(control)
+        .add_service(gateway)
         .serve_with_incoming_shutdown(incoming, async move {
             let _ = stop.wait_for(|s| *s).await;
         });

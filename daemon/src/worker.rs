@@ -29,7 +29,11 @@ pub enum WorkerError {
 
 /// Builds the OCI worker's record, creating its state directory and id on
 /// first use (`<root>/runc-<snapshotter>/workerid`, as buildkitd does).
-pub fn oci_worker_record(root: &Path, s: &OciWorkerSettings) -> Result<WorkerRecord, WorkerError> {
+/// Also returns the worker's state directory, where its snapshots live.
+pub fn oci_worker_record(
+    root: &Path,
+    s: &OciWorkerSettings,
+) -> Result<(WorkerRecord, std::path::PathBuf), WorkerError> {
     let snapshotter = resolve_snapshotter(&s.snapshotter);
     let dir = root.join(format!("runc-{snapshotter}"));
     std::fs::DirBuilder::new()
@@ -91,14 +95,15 @@ pub fn oci_worker_record(root: &Path, s: &OciWorkerSettings) -> Result<WorkerRec
         Vec::new()
     };
 
-    Ok(WorkerRecord {
+    let record = WorkerRecord {
         id,
         labels,
         platforms,
         gc_policy,
         buildkit_version: Some(crate::version::buildkit_version()),
         cdi_devices: Vec::new(),
-    })
+    };
+    Ok((record, dir))
 }
 
 /// `auto` picks overlayfs where the kernel has it, else the native copier.

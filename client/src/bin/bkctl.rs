@@ -337,49 +337,35 @@ async fn build(client: &Client, args: &BuildArgs) -> anyhow::Result<()> {
         std::fs::write(path, &build_ref)
             .with_context(|| format!("failed to write {}", path.display()))?;
     }
-    let status_client = client.clone();
-    let status_ref = build_ref.clone();
-    let progress = tokio::spawn(async move {
-        let mut stream = status_client.status(&status_ref).await?;
-        while let Some(update) = stream.message().await? {
-            for v in update.vertexes {
-                if v.completed.is_some() {
-                    let state = if !v.error.is_empty() {
-                        format!("ERROR: {}", v.error)
-                    } else if v.cached {
-                        "CACHED".to_string()
-                    } else {
-                        "DONE".to_string()
-                    };
-                    eprintln!("{} {state}", v.name);
-                } else if v.started.is_some() {
-                    eprintln!("{}", v.name);
-                }
-            }
-            for log in update.logs {
-                eprint!("{}", String::from_utf8_lossy(&log.msg));
-            }
-        }
-        Ok::<_, bk_client::ClientError>(())
-    });
-    let response = client
-        .solve(prepared.request)
-        .await
-        .context("failed to solve");
-    // A daemon that cannot solve cannot report status either; the solve
-    // error is the one to show.
-    if response.is_err() {
-        progress.abort();
-    } else if let Ok(Err(e)) = progress.await {
-        tracing::warn!("status stream: {e}");
-    }
-    let response = response?;
+    let response = client.build(prepared, print_progress).await;
+    let response = response.context("failed to solve")?;
     if let Some(path) = &args.metadata_file {
         let json = serde_json::to_string_pretty(&response.exporter_response)?;
         std::fs::write(path, json)
             .with_context(|| format!("failed to write {}", path.display()))?;
     }
     Ok(())
+}
+
+/// Plain progress: a line per vertex start and end, logs as they come.
+fn print_progress(update: bk_proto::moby::buildkit::v1::StatusResponse) {
+    for v in update.vertexes {
+        if v.completed.is_some() {
+            let state = if !v.error.is_empty() {
+                format!("ERROR: {}", v.error)
+            } else if v.cached {
+                "CACHED".to_string()
+            } else {
+                "DONE".to_string()
+            };
+            eprintln!("{} {state}", v.name);
+        } else if v.started.is_some() {
+            eprintln!("{}", v.name);
+        }
+    }
+    for log in update.logs {
+        eprint!("{}", String::from_utf8_lossy(&log.msg));
+    }
 }
 
 fn bk_client_id() -> anyhow::Result<String> {

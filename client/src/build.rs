@@ -1,0 +1,100 @@
+//! Running a build the way buildctl does: open a session serving the
+//! client's directories, outputs, secrets, SSH agents and registry
+//! credentials; call `Solve` and `Status` together; close the session.
+
+use std::time::Duration;
+
+use bk_proto::moby::buildkit::v1::{SolveResponse, StatusResponse};
+use bk_session::{RunningSession, auth, filesync, secrets, ssh};
+
+use crate::solve_opts::PreparedBuild;
+use crate::{Client, ClientError};
+
+/// How long closing a session waits for the daemon to end it.
+const SESSION_CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("failed to start session: {0}")]
+    Session(String),
+    #[error("{0}")]
+    Solve(ClientError),
+}
+
+/// Opens the build's session with everything `prepared` asks the client to
+/// serve. The session id is the request's.
+pub async fn start_session(
+    client: &Client,
+    prepared: &PreparedBuild,
+) -> Result<RunningSession, BuildError> {
+    let mut session = bk_session::ClientSession::new(prepared.request.session.clone(), "");
+    if !prepared.local_dirs.is_empty() {
+        let provider = filesync::FileSyncProvider::new(prepared.local_dirs.clone());
+        session = session.with_service(
+            |r| r.add_service(provider.into_service()),
+            filesync::FILESYNC_METHODS,
+        );
+    }
+    let targets: Vec<_> = prepared
+        .exports
+        .iter()
+        .map(|e| e.target.file_send_target())
+        .collect();
+    if targets.iter().any(Option::is_some) {
+        let targets = filesync::FileSendTargets::new(targets);
+        session = session.with_service(|r| r.add_service(targets), filesync::FILESEND_METHODS);
+    }
+    if !prepared.secrets.is_empty() {
+        let store = secrets::SecretStore::new(
+            prepared
+                .secrets
+                .iter()
+                .map(|s| (s.id.clone(), s.source.clone())),
+        );
+        session = session.with_service(
+            |r| r.add_service(store.into_service()),
+            &[secrets::GET_SECRET],
+        );
+    }
+    if !prepared.ssh.is_empty() {
+        let forwarder =
+            ssh::SshForwarder::new(prepared.ssh.iter().map(|s| (s.id.clone(), s.paths.clone())))
+                .map_err(BuildError::Session)?;
+        session = session.with_service(|r| r.add_service(forwarder.into_service()), ssh::METHODS);
+    }
+    let docker_auth = auth::DockerAuth::from_env();
+    session = session.with_service(|r| r.add_service(docker_auth.into_service()), auth::METHODS);
+    session
+        .run(client.control())
+        .await
+        .map_err(|s| BuildError::Session(s.message().to_string()))
+}
+
+impl Client {
+    /// Runs a prepared build; every progress update goes to `on_status`.
+    pub async fn build(
+        &self,
+        prepared: PreparedBuild,
+        mut on_status: impl FnMut(StatusResponse) + Send + 'static,
+    ) -> Result<SolveResponse, BuildError> {
+        let session = start_session(self, &prepared).await?;
+        let status_client = self.clone();
+        let build_ref = prepared.request.r#ref.clone();
+        let progress = tokio::spawn(async move {
+            let mut stream = status_client.status(&build_ref).await?;
+            while let Some(update) = stream.message().await? {
+                on_status(update);
+            }
+            Ok::<_, ClientError>(())
+        });
+        let response = self.solve(prepared.request).await;
+        if response.is_err() {
+            // The solve error is the one to show.
+            progress.abort();
+        } else if let Ok(Err(e)) = progress.await {
+            tracing::warn!("status stream: {e}");
+        }
+        session.close(SESSION_CLOSE_GRACE).await;
+        response.map_err(BuildError::Solve)
+    }
+}

@@ -1,0 +1,276 @@
+//! Builds end to end: LLB in, the client's context through the session,
+//! results out through `local` and `tar` outputs; rebuilds from the cache;
+//! bad definitions refused.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use bk_client::solve_opts::BuildFlags;
+use bk_llb::builder::{self, CopyOptions, FileActions};
+use bk_proto::moby::buildkit::v1::StatusResponse;
+use compat_tests::{Daemon, DaemonOptions};
+
+/// `FROM scratch` + `COPY . /out/`, as the Dockerfile frontend writes it.
+fn copy_context_definition() -> bk_proto::pb::Definition {
+    let context =
+        builder::local("context", BTreeMap::new()).with_name("[internal] load build context");
+    builder::scratch()
+        .file(FileActions::new().copy(&context, "/", "/out/", CopyOptions::default()))
+        .with_name("[1/1] COPY . /out/")
+        .marshal()
+}
+
+fn make_context(dir: &Path) {
+    std::fs::create_dir_all(dir.join("src/nested")).unwrap();
+    std::fs::create_dir_all(dir.join("empty")).unwrap();
+    std::fs::write(dir.join("hello.txt"), b"hello\n").unwrap();
+    std::fs::write(dir.join("src/main.sh"), b"#!/bin/sh\necho hi\n").unwrap();
+    std::fs::set_permissions(
+        dir.join("src/main.sh"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    std::fs::write(dir.join("src/nested/data"), vec![42u8; 300_000]).unwrap();
+    std::os::unix::fs::symlink("hello.txt", dir.join("link")).unwrap();
+    std::fs::hard_link(dir.join("hello.txt"), dir.join("hardlink")).unwrap();
+}
+
+struct Recorded(Arc<Mutex<Vec<StatusResponse>>>);
+
+impl Recorded {
+    fn new() -> (Recorded, impl FnMut(StatusResponse) + Send + 'static) {
+        let all = Arc::new(Mutex::new(Vec::new()));
+        let sink = all.clone();
+        (Recorded(all), move |u| sink.lock().unwrap().push(u))
+    }
+    /// Final state of each named vertex: (cached, error).
+    fn vertices(&self) -> BTreeMap<String, (bool, String)> {
+        let mut out = BTreeMap::new();
+        for u in self.0.lock().unwrap().iter() {
+            for v in &u.vertexes {
+                if v.completed.is_some() {
+                    out.insert(v.name.clone(), (v.cached, v.error.clone()));
+                }
+            }
+        }
+        out
+    }
+    /// Bytes reported for the context transfer.
+    fn transferred(&self) -> i64 {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|u| u.statuses.iter())
+            .filter(|s| s.id.starts_with("transferring context"))
+            .map(|s| s.current)
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+async fn build(
+    daemon: &Daemon,
+    context: &Path,
+    outputs: &[&str],
+) -> (Result<(), String>, Recorded) {
+    let client = daemon.client().await;
+    let flags = BuildFlags {
+        local: vec![format!("context={}", context.display())],
+        output: outputs.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    };
+    let prepared = flags
+        .to_request(
+            Some(copy_context_definition()),
+            &random("ref"),
+            &random("session"),
+        )
+        .unwrap();
+    let (recorded, sink) = Recorded::new();
+    let result = client
+        .build(prepared, sink)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string());
+    (result, recorded)
+}
+
+fn random(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{prefix}{}x{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn assert_tree(out: &Path) {
+    assert_eq!(
+        std::fs::read(out.join("out/hello.txt")).unwrap(),
+        b"hello\n"
+    );
+    assert_eq!(
+        std::fs::read(out.join("out/src/nested/data"))
+            .unwrap()
+            .len(),
+        300_000
+    );
+    let mode = std::fs::metadata(out.join("out/src/main.sh"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o755);
+    assert_eq!(
+        std::fs::read_link(out.join("out/link")).unwrap(),
+        Path::new("hello.txt")
+    );
+    assert!(out.join("out/empty").is_dir());
+    use std::os::unix::fs::MetadataExt;
+    let a = std::fs::metadata(out.join("out/hello.txt")).unwrap();
+    let b = std::fs::metadata(out.join("out/hardlink")).unwrap();
+    assert_eq!(a.ino(), b.ino(), "hard link preserved");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_context_to_local_and_tar_then_rebuild_from_cache() {
+    let mut daemon = Daemon::start(DaemonOptions::default());
+    let tmp = tempfile::tempdir().unwrap();
+    let context = tmp.path().join("context");
+    make_context(&context);
+    let out = tmp.path().join("out");
+    let tarball = tmp.path().join("out.tar");
+
+    let (result, first) = build(
+        &daemon,
+        &context,
+        &[
+            &format!("type=local,dest={}", out.display()),
+            &format!("type=tar,dest={}", tarball.display()),
+        ],
+    )
+    .await;
+    result.unwrap_or_else(|e| panic!("build failed: {e}\n{}", daemon.log_text()));
+    assert_tree(&out);
+    let names: Vec<String> = tar::Archive::new(std::fs::File::open(&tarball).unwrap())
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
+        .collect();
+    for want in [
+        "out/",
+        "out/hello.txt",
+        "out/src/main.sh",
+        "out/src/nested/data",
+        "out/link",
+        "out/hardlink",
+    ] {
+        assert!(
+            names.iter().any(|n| n == want),
+            "{want} missing from {names:?}"
+        );
+    }
+    let v = first.vertices();
+    assert_eq!(
+        v.get("[1/1] COPY . /out/"),
+        Some(&(false, String::new())),
+        "{v:?}"
+    );
+    assert!(first.transferred() > 300_000);
+
+    // Unchanged: nothing transferred, the copy is cached.
+    let out2 = tmp.path().join("out2");
+    let (result, second) = build(
+        &daemon,
+        &context,
+        &[&format!("type=local,dest={}", out2.display())],
+    )
+    .await;
+    result.unwrap();
+    assert_tree(&out2);
+    assert_eq!(
+        second.transferred(),
+        0,
+        "an unchanged context moves no content"
+    );
+    assert_eq!(
+        second.vertices().get("[1/1] COPY . /out/"),
+        Some(&(true, String::new()))
+    );
+
+    // One file changed: only it moves, and the copy runs again.
+    std::fs::write(context.join("hello.txt"), b"changed\n").unwrap();
+    let out3 = tmp.path().join("out3");
+    let (result, third) = build(
+        &daemon,
+        &context,
+        &[&format!("type=local,dest={}", out3.display())],
+    )
+    .await;
+    result.unwrap();
+    assert_eq!(
+        std::fs::read(out3.join("out/hello.txt")).unwrap(),
+        b"changed\n"
+    );
+    let moved = third.transferred();
+    assert!(moved > 0 && moved < 1000, "moved {moved} bytes");
+    assert_eq!(
+        third.vertices().get("[1/1] COPY . /out/"),
+        Some(&(false, String::new()))
+    );
+
+    // The cache survives a restart.
+    daemon.restart();
+    let out4 = tmp.path().join("out4");
+    let (result, fourth) = build(
+        &daemon,
+        &context,
+        &[&format!("type=local,dest={}", out4.display())],
+    )
+    .await;
+    result.unwrap();
+    assert_eq!(
+        fourth.vertices().get("[1/1] COPY . /out/"),
+        Some(&(true, String::new()))
+    );
+
+    // Disk usage sees the snapshots; a full prune removes them all.
+    let client = daemon.client().await;
+    assert!(!client.disk_usage(vec![]).await.unwrap().is_empty());
+    let pruned = client
+        .prune(bk_proto::moby::buildkit::v1::PruneRequest {
+            all: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(!pruned.is_empty());
+    assert!(client.disk_usage(vec![]).await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_definitions_are_refused_and_the_daemon_keeps_serving() {
+    let daemon = Daemon::start(DaemonOptions::default());
+    let client = daemon.client().await;
+    let garbage = bk_proto::pb::Definition {
+        def: vec![vec![0xff, 0xff, 0xff], vec![1, 2, 3]],
+        ..Default::default()
+    };
+    let dangling = {
+        let mut def = copy_context_definition();
+        def.def.remove(0);
+        def
+    };
+    for (def, want) in [(garbage, "cannot be decoded"), (dangling, "missing op")] {
+        let flags = BuildFlags::default();
+        let prepared = flags
+            .to_request(Some(def), &random("bad"), &random("s"))
+            .unwrap();
+        let err = client.solve(prepared.request).await.unwrap_err();
+        assert!(err.to_string().contains(want), "{err}");
+    }
+    assert!(client.info().await.is_ok());
+}

@@ -1,0 +1,432 @@
+//! Builds: what `Solve` and `Status` do, and the cache that `DiskUsage` and
+//! `Prune` report on.
+//!
+//! [`Builds::solve`] checks the request, registers the job's progress under
+//! its ref before anything slow (clients open `Status` concurrently), solves
+//! the graph, and runs the exporters. [`Builds::status`] streams a job's
+//! progress from its first update and ends when the job does.
+
+use std::collections::{BTreeMap, HashMap};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, UNIX_EPOCH};
+
+use bk_cache::{CacheManager, Record, Ref};
+use bk_frontend::{Bridge, Returned};
+use bk_llb::{Digest, Graph};
+use bk_proto::moby::buildkit::v1::types::WorkerRecord;
+use bk_proto::moby::buildkit::v1::{
+    Exporter, PruneRequest, SolveRequest, SolveResponse, StatusResponse, UsageRecord,
+};
+use bk_session::SessionManager;
+use bk_solver::{Job, Progress, SolveError, Solver};
+use futures::{Stream, StreamExt};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+
+use crate::filters::Filters;
+
+/// How long `Status` waits for a job that has not started yet.
+const JOB_WAIT: Duration = Duration::from_secs(6);
+/// How long a finished job's progress stays available to `Status`.
+const JOB_RETENTION: Duration = Duration::from_secs(60);
+/// How long an exporter waits for the client's session.
+const SESSION_WAIT: Duration = Duration::from_secs(5);
+
+pub struct Builds {
+    solver: Arc<Solver<Ref>>,
+    cache: CacheManager,
+    sessions: Arc<SessionManager>,
+    allowed_entitlements: Vec<String>,
+    workers: Vec<WorkerRecord>,
+    jobs: Mutex<HashMap<String, Progress>>,
+    /// Bridges of client-side builds, by build ref.
+    bridges: Mutex<HashMap<String, Arc<Bridge<Ref>>>>,
+    jobs_changed: watch::Sender<u64>,
+}
+
+/// Finishes a job's progress however the solve ends (including the client
+/// dropping the call), and forgets it after a while.
+struct JobGuard {
+    builds: Arc<Builds>,
+    build_ref: String,
+    progress: Progress,
+    cancel: CancellationToken,
+}
+
+impl Drop for JobGuard {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+        self.builds
+            .bridges
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.build_ref);
+        self.progress.finish();
+        let builds = self.builds.clone();
+        let build_ref = std::mem::take(&mut self.build_ref);
+        let progress = self.progress.clone();
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                tokio::time::sleep(JOB_RETENTION).await;
+                let mut jobs = builds.jobs.lock().unwrap_or_else(|e| e.into_inner());
+                // Only if the ref was not reused by a newer job.
+                if jobs.get(&build_ref).is_some_and(|p| p.same_as(&progress)) {
+                    jobs.remove(&build_ref);
+                }
+            });
+        }
+    }
+}
+
+fn exporters(req: &SolveRequest) -> Vec<Exporter> {
+    if !req.exporters.is_empty() {
+        return req.exporters.clone();
+    }
+    if req.exporter_deprecated.is_empty() {
+        return Vec::new();
+    }
+    vec![Exporter {
+        r#type: req.exporter_deprecated.clone(),
+        attrs: req.exporter_attrs_deprecated.clone(),
+    }]
+}
+
+fn solve_status(e: SolveError) -> Status {
+    match e {
+        SolveError::Canceled => Status::cancelled("context canceled"),
+        SolveError::Invalid(m) => Status::invalid_argument(m),
+        SolveError::Op { message, .. } => Status::unknown(message),
+    }
+}
+
+impl Builds {
+    pub fn new(
+        solver: Arc<Solver<Ref>>,
+        cache: CacheManager,
+        sessions: Arc<SessionManager>,
+        allowed_entitlements: Vec<String>,
+        workers: Vec<WorkerRecord>,
+    ) -> Arc<Builds> {
+        Arc::new(Builds {
+            solver,
+            cache,
+            sessions,
+            allowed_entitlements,
+            workers,
+            jobs: Mutex::new(HashMap::new()),
+            bridges: Mutex::new(HashMap::new()),
+            jobs_changed: watch::channel(0).0,
+        })
+    }
+
+    /// The bridge of client-side build `id`, waiting up to `wait` for it.
+    pub async fn bridge(&self, id: &str, wait: Duration) -> Result<Arc<Bridge<Ref>>, Status> {
+        let mut changes = self.jobs_changed.subscribe();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some(b) = self
+                .bridges
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(id)
+            {
+                return Ok(b.clone());
+            }
+            match tokio::time::timeout_at(deadline, changes.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return Err(Status::not_found(format!("no such job {id}"))),
+            }
+        }
+    }
+
+    fn check_request(&self, req: &SolveRequest) -> Result<Vec<Exporter>, Status> {
+        if req.r#ref.is_empty() {
+            return Err(Status::invalid_argument("solve request has no ref"));
+        }
+        if !req.frontend.is_empty() {
+            if req.definition.as_ref().is_some_and(|d| !d.def.is_empty()) {
+                return Err(Status::invalid_argument(
+                    "both frontend and definition are set",
+                ));
+            }
+            return Err(Status::unimplemented(format!(
+                "frontend {:?} is not supported yet by buildkit-rs: send LLB",
+                req.frontend
+            )));
+        }
+        for e in &req.entitlements {
+            let base = e.split('=').next().unwrap_or(e);
+            if !self
+                .allowed_entitlements
+                .iter()
+                .any(|a| a == e || a == base)
+            {
+                return Err(Status::permission_denied(format!(
+                    "granting entitlement {e} is not allowed by build daemon configuration"
+                )));
+            }
+        }
+        let exporters = exporters(req);
+        for e in &exporters {
+            match e.r#type.as_str() {
+                "local" | "tar" => {}
+                "image" | "oci" | "docker" => {
+                    return Err(Status::unimplemented(format!(
+                        "exporter {:?} is not supported yet by buildkit-rs",
+                        e.r#type
+                    )));
+                }
+                other => {
+                    return Err(Status::invalid_argument(format!(
+                        "exporter {other:?} could not be found"
+                    )));
+                }
+            }
+        }
+        Ok(exporters)
+    }
+
+    /// Serves one `Solve`.
+    pub async fn solve(self: &Arc<Self>, req: SolveRequest) -> Result<SolveResponse, Status> {
+        let exporters = self.check_request(&req)?;
+        // With a definition, solve it; without one, the client builds
+        // through the bridge and returns the result.
+        let graph = match req.definition.as_ref().filter(|d| !d.def.is_empty()) {
+            Some(definition) => Some(
+                Graph::decode(definition).map_err(|e| Status::invalid_argument(e.to_string()))?,
+            ),
+            None => None,
+        };
+
+        let progress = Progress::new();
+        let cancel = CancellationToken::new();
+        {
+            let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+            if jobs.get(&req.r#ref).is_some_and(|p| !p.is_finished()) {
+                return Err(Status::already_exists(format!(
+                    "job {} already exists",
+                    req.r#ref
+                )));
+            }
+            jobs.insert(req.r#ref.clone(), progress.clone());
+        }
+        self.jobs_changed.send_modify(|n| *n += 1);
+        let _guard = JobGuard {
+            builds: self.clone(),
+            build_ref: req.r#ref.clone(),
+            progress: progress.clone(),
+            cancel: cancel.clone(),
+        };
+
+        let session_group = vec![req.session.clone()];
+        let result = match graph {
+            Some(graph) => {
+                let job = Job {
+                    graph,
+                    session_group,
+                    progress: progress.clone(),
+                    cancel,
+                };
+                Some(self.solver.solve(job).await.map_err(solve_status)?)
+            }
+            None => {
+                self.client_side(&req.r#ref, session_group, &progress, cancel)
+                    .await?
+            }
+        };
+
+        if !exporters.is_empty() {
+            let result = result.ok_or_else(|| {
+                Status::invalid_argument("the build returned no result to export")
+            })?;
+            for (index, exporter) in exporters.iter().enumerate() {
+                self.export(index, exporter, &result, &req.session, &progress)
+                    .await?;
+            }
+        }
+        Ok(SolveResponse {
+            exporter_response: BTreeMap::new(),
+        })
+    }
+
+    /// A build driven by the client through the bridge: waits for its
+    /// `Return`, then builds what it returned.
+    async fn client_side(
+        &self,
+        build_ref: &str,
+        session_group: Vec<String>,
+        progress: &Progress,
+        cancel: CancellationToken,
+    ) -> Result<Option<Ref>, Status> {
+        let (bridge, returned) = Bridge::new(
+            self.solver.clone(),
+            progress.clone(),
+            session_group,
+            cancel,
+            self.workers.clone(),
+        );
+        self.bridges
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(build_ref.to_string(), bridge.clone());
+        self.jobs_changed.send_modify(|n| *n += 1);
+        let returned = returned
+            .await
+            .map_err(|_| Status::cancelled("the build ended without a result"))?;
+        match returned {
+            Returned::Ref(id) => Ok(Some(bridge.evaluate(&id).await?)),
+            Returned::Empty => Ok(None),
+            Returned::Error(error) => Err(Status::new(
+                tonic::Code::from_i32(error.code),
+                error.message,
+            )),
+        }
+    }
+
+    async fn export(
+        &self,
+        index: usize,
+        exporter: &Exporter,
+        result: &Ref,
+        session_id: &str,
+        progress: &Progress,
+    ) -> Result<(), Status> {
+        let name = match exporter.r#type.as_str() {
+            "tar" => "exporting to client tarball",
+            _ => "exporting to client directory",
+        };
+        // Not an LLB vertex: a stable digest of its own.
+        let digest = Digest::of(format!("export:{index}:{name}:{}", result.id()).as_bytes());
+        progress.announce([(digest.clone(), name.to_string(), vec![])]);
+        progress.started(&digest);
+        let outcome = async {
+            let session = self
+                .sessions
+                .get(session_id, SESSION_WAIT)
+                .await
+                .map_err(|e| e.to_string())?;
+            match exporter.r#type.as_str() {
+                "tar" => bk_ops::export::export_tar(&session, index, result).await,
+                _ => bk_ops::export::export_local(&session, index, result).await,
+            }
+            .map_err(|e| e.to_string())
+        }
+        .await;
+        match outcome {
+            Ok(()) => {
+                progress.completed(&digest, false, None);
+                Ok(())
+            }
+            Err(message) => {
+                progress.completed(&digest, false, Some(&message));
+                Err(Status::unknown(message))
+            }
+        }
+    }
+
+    /// Serves one `Status`: waits briefly for the job, then streams it.
+    pub async fn status(
+        &self,
+        build_ref: &str,
+    ) -> Result<Pin<Box<dyn Stream<Item = Result<StatusResponse, Status>> + Send>>, Status> {
+        let mut changes = self.jobs_changed.subscribe();
+        let deadline = tokio::time::Instant::now() + JOB_WAIT;
+        let progress = loop {
+            if let Some(p) = self
+                .jobs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(build_ref)
+            {
+                break p.clone();
+            }
+            match tokio::time::timeout_at(deadline, changes.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return Err(Status::not_found(format!("no such job {build_ref}"))),
+            }
+        };
+        Ok(Box::pin(progress.subscribe().map(Ok)))
+    }
+
+    // `parent` is deprecated on the wire but older clients still print it.
+    #[allow(deprecated)]
+    fn usage_record(&self, r: &Record) -> UsageRecord {
+        let ts = |secs: u64| prost_types::Timestamp::from(UNIX_EPOCH + Duration::from_secs(secs));
+        UsageRecord {
+            id: r.id.clone(),
+            mutable: r.mutable,
+            in_use: self.cache.in_use(&r.id),
+            size: r.size,
+            parent: r.parents.first().cloned().unwrap_or_default(),
+            created_at: Some(ts(r.created_at)),
+            last_used_at: r.last_used_at.map(ts),
+            usage_count: r.usage_count as i64,
+            description: r.description.clone(),
+            record_type: r.kind.as_str().to_string(),
+            shared: false,
+            parents: r.parents.clone(),
+        }
+    }
+
+    fn record_field(&self, r: &Record, path: &[String]) -> Option<String> {
+        let field = path.first()?.as_str();
+        Some(match field {
+            "id" => r.id.clone(),
+            "description" => r.description.clone(),
+            "type" => r.kind.as_str().to_string(),
+            "parents" => r.parents.join(";"),
+            "inuse" => self.cache.in_use(&r.id).to_string(),
+            "mutable" => r.mutable.to_string(),
+            "immutable" => (!r.mutable).to_string(),
+            "shared" => "false".to_string(),
+            "private" => "true".to_string(),
+            _ => return None,
+        })
+    }
+
+    pub async fn disk_usage(
+        self: &Arc<Self>,
+        filter: Vec<String>,
+    ) -> Result<Vec<UsageRecord>, Status> {
+        let filters = Filters::parse(&filter).map_err(Status::invalid_argument)?;
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let records = this
+                .cache
+                .records()
+                .map_err(|e| Status::internal(e.to_string()))?;
+            Ok(records
+                .iter()
+                .filter(|r| filters.matches(|p| this.record_field(r, p)))
+                .map(|r| this.usage_record(r))
+                .collect())
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+    }
+
+    pub async fn prune(self: &Arc<Self>, req: PruneRequest) -> Result<Vec<UsageRecord>, Status> {
+        let filters = Filters::parse(&req.filter).map_err(Status::invalid_argument)?;
+        let keep = Duration::from_nanos(u64::try_from(req.keep_duration).unwrap_or(0));
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let now = std::time::SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            let removed = this
+                .cache
+                .prune(|r| {
+                    let last = r.last_used_at.unwrap_or(r.created_at);
+                    let old_enough = keep.is_zero() || now.saturating_sub(last) >= keep.as_secs();
+                    old_enough && filters.matches(|p| this.record_field(r, p))
+                })
+                .map_err(|e| Status::internal(e.to_string()))?;
+            Ok(removed.iter().map(|r| this.usage_record(r)).collect())
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+    }
+}
