@@ -1,7 +1,7 @@
 # The two commands a newcomer needs (see README.md):
 #   make demo   install, build, start a daemon, drive it end to end, stop it
 #   make test   install test dependencies, lint, run every test
-.PHONY: demo test deps build lint unit compat clean
+.PHONY: demo test deps build lint clean
 
 CARGO ?= cargo
 
@@ -9,7 +9,7 @@ deps:
 	bash scripts/install-deps.sh
 
 build: deps
-	$(CARGO) build --locked --bins
+	$(CARGO) build --locked --bins --examples
 
 demo: build
 	bash scripts/demo.sh

@@ -35,9 +35,23 @@ done
 bkctl() { "$bin/bkctl" --addr "$sock" "$@"; }
 step bkctl debug info
 step bkctl debug workers
-step bkctl debug workers -v
+
+# A build: copy a small context into an empty tree, out to a directory and a
+# tarball, then again from the cache.
+mkdir -p "$tmp/context/src"
+echo "hello from buildkit-rs" > "$tmp/context/hello.txt"
+printf '#!/bin/sh\necho hi\n' > "$tmp/context/src/run.sh"
+chmod +x "$tmp/context/src/run.sh"
+"$bin/examples/llb_copy" > "$tmp/copy.llb"
+step bkctl build --local "context=$tmp/context" --output "type=local,dest=$tmp/out" \
+  --output "type=tar,dest=$tmp/out.tar" < "$tmp/copy.llb"
+step find "$tmp/out" -printf '%M %p\n'
+step tar tvf "$tmp/out.tar"
+echo "hello again" > "$tmp/context/hello.txt"
+step bkctl build --local "context=$tmp/context" --output "type=local,dest=$tmp/out2" < "$tmp/copy.llb"
+step cat "$tmp/out2/out/hello.txt"
 step bkctl du
-step bkctl prune
+step bkctl prune --all
 
 echo
 echo "stopping buildkitd"
