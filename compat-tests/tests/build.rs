@@ -274,3 +274,174 @@ async fn bad_definitions_are_refused_and_the_daemon_keeps_serving() {
     }
     assert!(client.info().await.is_ok());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exclude_patterns_from_the_definition_are_applied_by_the_client() {
+    let daemon = Daemon::start(DaemonOptions::default());
+    let tmp = tempfile::tempdir().unwrap();
+    let context = tmp.path().join("context");
+    make_context(&context);
+    std::fs::write(context.join("secret.key"), b"do not send").unwrap();
+    std::fs::create_dir_all(context.join("node_modules/x")).unwrap();
+    std::fs::write(context.join("node_modules/x/index.js"), b"x").unwrap();
+    // What the Dockerfile frontend sends after reading .dockerignore.
+    let attrs = BTreeMap::from([(
+        "local.excludepatterns".to_string(),
+        r#"["*.key","node_modules","!node_modules/keep"]"#.to_string(),
+    )]);
+    let ctx = builder::local("context", attrs);
+    let def = builder::scratch()
+        .file(FileActions::new().copy(&ctx, "/", "/out/", CopyOptions::default()))
+        .marshal();
+    let out = tmp.path().join("out");
+    let flags = BuildFlags {
+        local: vec![format!("context={}", context.display())],
+        output: vec![format!("type=local,dest={}", out.display())],
+        ..Default::default()
+    };
+    let prepared = flags
+        .to_request(Some(def), &random("ref"), &random("s"))
+        .unwrap();
+    let client = daemon.client().await;
+    client.build(prepared, |_| {}).await.unwrap();
+    assert!(out.join("out/hello.txt").exists());
+    assert!(!out.join("out/secret.key").exists());
+    assert!(!out.join("out/node_modules").exists());
+}
+
+/// A client whose FileSync sends what a hostile sender would.
+mod hostile {
+    use std::pin::Pin;
+
+    use bk_proto::fsutil::types::{Packet, Stat, packet::PacketType};
+    use bk_proto::moby::filesync::v1::file_sync_server::{FileSync, FileSyncServer};
+    use futures::Stream;
+    use tonic::{Request, Response, Status, Streaming};
+
+    pub struct Evil(pub Vec<Packet>);
+
+    type PacketStream = Pin<Box<dyn Stream<Item = Result<Packet, Status>> + Send>>;
+
+    #[tonic::async_trait]
+    impl FileSync for Evil {
+        type DiffCopyStream = PacketStream;
+        async fn diff_copy(
+            &self,
+            _: Request<Streaming<Packet>>,
+        ) -> Result<Response<PacketStream>, Status> {
+            let packets: Vec<Result<Packet, Status>> = self.0.iter().cloned().map(Ok).collect();
+            // Keep the stream open after the listing, like a real sender.
+            let stream = futures::StreamExt::chain(
+                futures::stream::iter(packets),
+                futures::stream::pending(),
+            );
+            Ok(Response::new(Box::pin(stream)))
+        }
+        type TarStreamStream = PacketStream;
+        async fn tar_stream(
+            &self,
+            _: Request<Streaming<Packet>>,
+        ) -> Result<Response<PacketStream>, Status> {
+            Err(Status::unimplemented(""))
+        }
+    }
+
+    pub fn stat(path: &str, mode: u32, linkname: &str) -> Packet {
+        Packet {
+            r#type: PacketType::PacketStat as i32,
+            stat: Some(Stat {
+                path: path.to_string(),
+                mode,
+                linkname: linkname.to_string(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    pub fn end() -> Packet {
+        Packet {
+            r#type: PacketType::PacketStat as i32,
+            ..Default::default()
+        }
+    }
+
+    pub fn service(packets: Vec<Packet>) -> FileSyncServer<Evil> {
+        FileSyncServer::new(Evil(packets))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_client_cannot_write_outside_the_snapshot() {
+    use hostile::{end, stat};
+    const DIR: u32 = 1 << 31 | 0o755;
+    const FILE: u32 = 0o644;
+    const LINK: u32 = 1 << 27 | 0o777;
+
+    let daemon = Daemon::start(DaemonOptions::default());
+    let escape = daemon.dir.path().join("escaped");
+    let cases: Vec<(&str, Vec<bk_proto::fsutil::types::Packet>)> = vec![
+        ("dot-dot", vec![stat("../escaped", FILE, ""), end()]),
+        (
+            "absolute",
+            vec![stat(&escape.display().to_string(), FILE, ""), end()],
+        ),
+        (
+            "out of order",
+            vec![stat("b", FILE, ""), stat("a", FILE, ""), end()],
+        ),
+        (
+            "duplicate",
+            vec![stat("a", FILE, ""), stat("a", FILE, ""), end()],
+        ),
+        (
+            "write through a symlink",
+            vec![
+                stat("link", LINK, "../../.."),
+                stat("link/escaped", FILE, ""),
+                end(),
+            ],
+        ),
+        (
+            "child before parent",
+            vec![stat("d/f", FILE, ""), stat("d", DIR, ""), end()],
+        ),
+        (
+            "hard link to nothing",
+            vec![stat("a", FILE, "nowhere"), end()],
+        ),
+    ];
+    let client = daemon.client().await;
+    for (name, packets) in cases {
+        let session_id = random("evil");
+        let running = bk_session::ClientSession::new(session_id.clone(), "")
+            .with_service(
+                |r| r.add_service(hostile::service(packets)),
+                bk_session::filesync::FILESYNC_METHODS,
+            )
+            .run(client.control())
+            .await
+            .unwrap();
+        let ctx = builder::local("context", BTreeMap::new());
+        let def = builder::scratch()
+            .file(FileActions::new().copy(&ctx, "/", "/out/", CopyOptions::default()))
+            .marshal();
+        let prepared = BuildFlags::default()
+            .to_request(Some(def), &random("ref"), &session_id)
+            .unwrap();
+        let err = tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            client.solve(prepared.request),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{name}: the build hung"))
+        .expect_err(name);
+        assert!(
+            err.to_string().contains("invalid transfer"),
+            "{name}: {err}"
+        );
+        running.close(std::time::Duration::from_secs(5)).await;
+        assert!(!escape.exists(), "{name}: wrote outside the snapshot");
+    }
+    assert!(client.info().await.is_ok());
+}

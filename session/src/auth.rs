@@ -77,6 +77,55 @@ pub async fn credentials(
     }
 }
 
+/// Whether a status means "the client does not do that": the caller falls
+/// back (to `Credentials`, or to fetching tokens itself).
+fn not_offered(status: &tonic::Status) -> bool {
+    matches!(status.code(), Code::Unimplemented | Code::Unavailable)
+}
+
+/// Asks the client to fetch a registry token itself (it holds a token
+/// authority). `None`: it does not; use [`credentials`].
+pub async fn fetch_token(
+    session: &crate::Session,
+    request: FetchTokenRequest,
+) -> Result<Option<FetchTokenResponse>, SessionError> {
+    if !session.supports("/moby.filesync.v1.Auth/FetchToken") {
+        return Ok(None);
+    }
+    let mut client = AuthClient::new(session.channel());
+    match session.call(client.fetch_token(request)).await {
+        Ok(response) => Ok(Some(response.into_inner())),
+        Err(SessionError::Call(status)) if not_offered(&status) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The client's token-authority public key for `host` (32 bytes), if it
+/// has one.
+pub async fn token_authority(
+    session: &crate::Session,
+    host: &str,
+    salt: &[u8],
+) -> Result<Option<Vec<u8>>, SessionError> {
+    if !session.supports("/moby.filesync.v1.Auth/GetTokenAuthority") {
+        return Ok(None);
+    }
+    let mut client = AuthClient::new(session.channel());
+    let request = GetTokenAuthorityRequest {
+        host: host.to_string(),
+        salt: salt.to_vec(),
+    };
+    match session.call(client.get_token_authority(request)).await {
+        Ok(response) => {
+            let key = response.into_inner().public_key;
+            // An authority key is an ed25519 public key or nothing.
+            Ok((key.len() == 32).then_some(key))
+        }
+        Err(SessionError::Call(status)) if not_offered(&status) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 #[derive(Debug, Default, Deserialize)]
 struct DockerConfig {
     #[serde(default)]

@@ -15,6 +15,7 @@ pub mod manager;
 pub mod secrets;
 pub mod ssh;
 pub mod tunnel;
+pub mod upload;
 
 pub use client::{ClientSession, RunningSession};
 pub use manager::{Session, SessionError, SessionManager};

@@ -574,3 +574,58 @@ async fn contexts_come_in_and_outputs_go_out() {
             .is_err()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_and_token_fallbacks() {
+    use bk_session::auth::{self, DockerAuth};
+    use bk_session::upload::{self, UploadProvider};
+    use futures::StreamExt;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let blob = tmp.path().join("context.tar");
+    let content: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&blob, &content).unwrap();
+
+    let (manager, control) = start_daemon().await;
+    let provider = UploadProvider::new([("/abc".to_string(), blob.clone())].into());
+    let _running = ClientSession::new("uploads", "")
+        .with_service(|r| r.add_service(provider.into_service()), &[upload::PULL])
+        .with_service(
+            |r| r.add_service(DockerAuth::with_config(tmp.path().join("none.json")).into_service()),
+            auth::METHODS,
+        )
+        .run(control.clone())
+        .await
+        .unwrap();
+    let session = manager
+        .get("uploads", Duration::from_secs(5))
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut stream = upload::pull(&session, "/abc").await.unwrap();
+    while let Some(chunk) = stream.next().await {
+        got.extend(chunk.unwrap());
+    }
+    assert_eq!(got, content);
+    let mut missing = upload::pull(&session, "/nope")
+        .await
+        .map(|s| s.into_future());
+    if let Ok(fut) = missing.as_mut() {
+        let (first, _) = fut.await;
+        assert!(first.is_some_and(|r| r.is_err()));
+    }
+
+    // Our client offers no token authority: the daemon falls back.
+    assert_eq!(
+        auth::token_authority(&session, "localhost:5000", &[1; 32])
+            .await
+            .unwrap(),
+        None
+    );
+    let request = bk_proto::moby::filesync::v1::FetchTokenRequest {
+        client_id: "buildkit-client".into(),
+        host: "localhost:5000".into(),
+        ..Default::default()
+    };
+    assert_eq!(auth::fetch_token(&session, request).await.unwrap(), None);
+}
