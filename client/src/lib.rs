@@ -236,6 +236,8 @@ impl Client {
 fn endpoint(uri: &str, timeout: Duration) -> Result<Endpoint, ClientError> {
     Ok(Endpoint::from_shared(uri.to_string())
         .map_err(|_| ClientError::Address(uri.to_string()))?
+        .initial_stream_window_size(bk_proto::STREAM_WINDOW)
+        .initial_connection_window_size(bk_proto::CONNECTION_WINDOW)
         .connect_timeout(timeout))
 }
 

@@ -132,6 +132,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let incoming = ReceiverStream::new(listeners.accept_all());
     let mut stop = shutdown_rx.clone();
     let server = tonic::transport::Server::builder()
+        .initial_stream_window_size(bk_proto::STREAM_WINDOW)
+        .initial_connection_window_size(bk_proto::CONNECTION_WINDOW)
         .add_service(health_service)
         .add_service(control)
         .add_service(gateway)

@@ -15,6 +15,15 @@
 /// The largest gRPC message BuildKit sends or accepts, in either direction.
 pub const MAX_MESSAGE_SIZE: usize = 16 << 20;
 
+/// HTTP/2 flow-control windows for connections that carry build contexts
+/// and sessions. Large windows keep transfers fast, and they raise the h2
+/// crate's allowance for small DATA frames waiting to be read (half the
+/// connection window): fsutil sends one small frame per file, and a burst
+/// of tens of thousands must not look like a flood.
+pub const STREAM_WINDOW: u32 = 16 << 20;
+/// See [`STREAM_WINDOW`].
+pub const CONNECTION_WINDOW: u32 = 64 << 20;
+
 pub mod moby {
     pub mod buildkit {
         pub mod v1 {

@@ -119,6 +119,8 @@ impl ClientSession {
         let server = tokio::spawn(async move {
             let incoming = futures::stream::once(async move { Ok::<_, std::io::Error>(io) });
             let result = tonic::transport::Server::builder()
+                .initial_stream_window_size(bk_proto::STREAM_WINDOW)
+                .initial_connection_window_size(bk_proto::CONNECTION_WINDOW)
                 .add_routes(routes)
                 .serve_with_incoming(incoming)
                 .await;
