@@ -343,16 +343,17 @@ pub(crate) fn go_dir(path: &str) -> String {
 
 /// A malformed Go glob.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct BadPattern;
+pub struct BadPattern;
 
 /// Go's `filepath.Match` on Unix: `*` (not crossing `/`), `?`, `[...]` with
 /// `^` negation and ranges, `\` escapes. Like Go, a syntax error is reported
 /// only as far as matching got (a failed match does not look further), which
 /// is what `patternmatcher.New` relies on when it checks a pattern against
 /// `"."`.
-pub(crate) fn glob_match(pattern: &str, name: &str) -> Result<bool, BadPattern> {
-    let mut pattern = pattern.as_bytes();
-    let mut name = name.as_bytes();
+///
+/// Works on bytes: file names need not be UTF-8 (an invalid byte is one
+/// U+FFFD, as in Go).
+pub fn glob_match_bytes(mut pattern: &[u8], mut name: &[u8]) -> Result<bool, BadPattern> {
     'chunks: while !pattern.is_empty() {
         let (star, chunk, rest) = scan_chunk(pattern);
         pattern = rest;
@@ -386,6 +387,11 @@ pub(crate) fn glob_match(pattern: &str, name: &str) -> Result<bool, BadPattern> 
         return Ok(false);
     }
     Ok(name.is_empty())
+}
+
+/// [`glob_match_bytes`] for text.
+pub(crate) fn glob_match(pattern: &str, name: &str) -> Result<bool, BadPattern> {
+    glob_match_bytes(pattern.as_bytes(), name.as_bytes())
 }
 
 /// Split off leading stars and the run of non-star pattern up to the next
