@@ -445,3 +445,44 @@ async fn a_hostile_client_cannot_write_outside_the_snapshot() {
     }
     assert!(client.info().await.is_ok());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_overlapping_builds_share_their_common_step() {
+    let daemon = Daemon::start(DaemonOptions::default());
+    let client = daemon.client().await;
+    // Every build makes the same big shared file, then one of its own.
+    let shared = builder::scratch()
+        .file(FileActions::new().mkfile("/shared", 0o644, &vec![7u8; 1 << 20]))
+        .with_name("shared step");
+    let builds = (0..50).map(|i| {
+        let own =
+            builder::scratch().file(FileActions::new().mkfile(&format!("/own{i}"), 0o644, b"x"));
+        let def = builder::merge(&[shared.clone(), own]).marshal();
+        let client = client.clone();
+        async move {
+            let prepared = BuildFlags::default()
+                .to_request(Some(def), &random("conc"), &random("s"))
+                .unwrap();
+            client.solve(prepared.request).await
+        }
+    });
+    for result in futures::future::join_all(builds).await {
+        result.unwrap();
+    }
+    // One snapshot for the shared step: it ran once.
+    let records = client.disk_usage(vec![]).await.unwrap();
+    let shared_runs = records
+        .iter()
+        .filter(|r| r.description == "mkfile /shared")
+        .count();
+    assert_eq!(shared_runs, 1, "{records:#?}");
+    let own_runs = records
+        .iter()
+        .filter(|r| r.description.starts_with("mkfile /own"))
+        .count();
+    assert_eq!(own_runs, 50);
+    assert_eq!(
+        records.iter().filter(|r| r.description == "merge").count(),
+        50
+    );
+}
