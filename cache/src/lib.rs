@@ -204,8 +204,13 @@ impl CacheManager {
         Ok(())
     }
 
-    fn hold(&self, id: &str) -> Ref {
-        let mut in_use = self.inner.in_use.lock().unwrap_or_else(|e| e.into_inner());
+    fn in_use_map(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
+        self.inner.in_use.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A ref on `id`; `in_use` is the caller's guard on the in-use map, held
+    /// since it checked the record exists, so prune cannot slip between.
+    fn hold_locked(&self, in_use: &mut HashMap<String, usize>, id: &str) -> Ref {
         *in_use.entry(id.to_string()).or_default() += 1;
         Ref(Arc::new(RefInner {
             id: id.to_string(),
@@ -250,8 +255,9 @@ impl CacheManager {
             size,
             parents,
         };
+        let mut in_use = self.in_use_map();
         self.put_record(&record)?;
-        Ok(self.hold(id))
+        Ok(self.hold_locked(&mut in_use, id))
     }
 
     fn put_record(&self, record: &Record) -> Result<(), CacheError> {
@@ -299,16 +305,13 @@ impl CacheManager {
 
     /// Holds the snapshot `id` if it exists.
     pub fn get(&self, id: &str) -> Result<Option<Ref>, CacheError> {
-        Ok(self.record(id)?.map(|_| self.hold(id)))
+        let mut in_use = self.in_use_map();
+        Ok(self.record(id)?.map(|_| self.hold_locked(&mut in_use, id)))
     }
 
     /// Whether any [`Ref`] to `id` is alive.
     pub fn in_use(&self, id: &str) -> bool {
-        self.inner
-            .in_use
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains_key(id)
+        self.in_use_map().contains_key(id)
     }
 
     /// The snapshot ids a cache key resolves to.
@@ -358,6 +361,15 @@ impl CacheManager {
     /// directories. Records first: a crash in between leaves orphan
     /// directories, which [`CacheManager::open`] removes.
     fn delete_records(&self, ids: &[String]) -> Result<(), CacheError> {
+        self.forget_records(ids)?;
+        for id in ids {
+            let _ = std::fs::remove_dir_all(self.snapshot_dir(id));
+        }
+        Ok(())
+    }
+
+    /// The database half of [`CacheManager::delete_records`].
+    fn forget_records(&self, ids: &[String]) -> Result<(), CacheError> {
         let doomed: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
         let tx = self.inner.db.begin_write().map_err(db_err)?;
         {
@@ -388,23 +400,28 @@ impl CacheManager {
                 named.remove(key.as_str()).map_err(db_err)?;
             }
         }
-        tx.commit().map_err(db_err)?;
-        for id in ids {
-            let _ = std::fs::remove_dir_all(self.snapshot_dir(id));
-        }
-        Ok(())
+        tx.commit().map_err(db_err)
     }
 
     /// Removes every record not in use that `filter` accepts; returns what
     /// was removed. (Age and size limits arrive with garbage collection.)
     pub fn prune(&self, filter: impl Fn(&Record) -> bool) -> Result<Vec<Record>, CacheError> {
-        let victims: Vec<Record> = self
-            .records()?
-            .into_iter()
-            .filter(|r| !self.in_use(&r.id) && filter(r))
-            .collect();
-        let ids: Vec<String> = victims.iter().map(|r| r.id.clone()).collect();
-        self.delete_records(&ids)?;
+        let (victims, ids) = {
+            // Nobody can take a ref between the choice and the forgetting;
+            // once the records are gone, nobody can take one at all.
+            let in_use = self.in_use_map();
+            let victims: Vec<Record> = self
+                .records()?
+                .into_iter()
+                .filter(|r| !in_use.contains_key(&r.id) && filter(r))
+                .collect();
+            let ids: Vec<String> = victims.iter().map(|r| r.id.clone()).collect();
+            self.forget_records(&ids)?;
+            (victims, ids)
+        };
+        for id in &ids {
+            let _ = std::fs::remove_dir_all(self.snapshot_dir(id));
+        }
         Ok(victims)
     }
 }

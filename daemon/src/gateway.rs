@@ -206,35 +206,49 @@ impl LlbBridge for GatewayService {
     }
 }
 
-/// Reads (part of) a file inside a snapshot, never following a link out.
+/// Reads (part of) a regular file inside a snapshot: never following a link
+/// out, never opening a device or FIFO a context may contain, never reading
+/// more than one message can carry.
 fn read_range(
     root: &std::path::Path,
     path: &str,
     range: Option<gw::FileRange>,
 ) -> Result<Vec<u8>, Status> {
     use std::io::{Read, Seek, SeekFrom};
+    use std::os::unix::fs::OpenOptionsExt;
     let full = bk_fileops::resolve_in_root(root, path, true)
         .map_err(|e| Status::invalid_argument(e.to_string()))?;
-    let mut file =
-        std::fs::File::open(&full).map_err(|e| Status::not_found(format!("open {path}: {e}")))?;
-    let mut data = Vec::new();
-    match range {
-        Some(r) if r.offset > 0 || r.length > 0 => {
-            file.seek(SeekFrom::Start(r.offset.max(0) as u64))
-                .map_err(|e| Status::internal(format!("read {path}: {e}")))?;
-            let limit = if r.length > 0 {
-                r.length as u64
-            } else {
-                u64::MAX
-            };
-            file.take(limit)
-                .read_to_end(&mut data)
-                .map_err(|e| Status::internal(format!("read {path}: {e}")))?;
-        }
-        _ => {
-            file.read_to_end(&mut data)
-                .map_err(|e| Status::internal(format!("read {path}: {e}")))?;
-        }
+    let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags.bits() as i32)
+        .open(&full)
+        .map_err(|e| Status::not_found(format!("open {path}: {e}")))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| Status::internal(format!("stat {path}: {e}")))?;
+    if !meta.is_file() {
+        return Err(Status::invalid_argument(format!(
+            "{path} is not a regular file"
+        )));
     }
+    let (offset, length) = match range {
+        Some(r) => (r.offset.max(0) as u64, r.length.max(0) as u64),
+        None => (0, 0),
+    };
+    // A reply carries at most one message.
+    let cap = bk_proto::MAX_MESSAGE_SIZE as u64 - 1024;
+    let limit = if length > 0 { length.min(cap) } else { cap };
+    if meta.len().saturating_sub(offset) > limit && length == 0 {
+        return Err(Status::out_of_range(format!(
+            "{path} is too large to read in one message; read it in ranges"
+        )));
+    }
+    file.seek(SeekFrom::Start(offset))
+        .map_err(|e| Status::internal(format!("read {path}: {e}")))?;
+    let mut data = Vec::new();
+    file.take(limit)
+        .read_to_end(&mut data)
+        .map_err(|e| Status::internal(format!("read {path}: {e}")))?;
     Ok(data)
 }

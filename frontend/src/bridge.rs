@@ -67,6 +67,10 @@ fn caps(ids: &[&str]) -> Vec<ApiCap> {
     out
 }
 
+/// Definitions one build may have the bridge remember (each up to a
+/// message's size), so a client cannot exhaust the daemon's memory.
+const MAX_REFS: usize = 4096;
+
 /// What `Return` delivered.
 #[derive(Debug, Clone)]
 pub enum Returned {
@@ -149,6 +153,12 @@ impl<R: ResultRef> Bridge<R> {
             None => None,
             Some(definition) => {
                 Graph::decode(&definition).map_err(|e| Status::invalid_argument(e.to_string()))?;
+                let held = self.refs.lock().unwrap_or_else(|e| e.into_inner()).len();
+                if held >= MAX_REFS {
+                    return Err(Status::resource_exhausted(format!(
+                        "a build may hold at most {MAX_REFS} solved definitions"
+                    )));
+                }
                 let id = new_ref_id();
                 let entry = Arc::new(BridgeRef {
                     definition: definition.clone(),

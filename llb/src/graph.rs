@@ -130,6 +130,19 @@ pub struct Vertex {
 }
 
 impl Vertex {
+    /// A digest of what the op does, leaving out which vertices feed it:
+    /// the op re-encoded without its inputs. Cache keys combine it with the
+    /// inputs' own keys, so a vertex whose input was built from different
+    /// bytes but the same content (a context with a fresh `local.unique`)
+    /// still hits the cache.
+    pub fn op_key(&self) -> Digest {
+        let without_inputs = pb::Op {
+            inputs: Vec::new(),
+            ..self.op.clone()
+        };
+        Digest::of(&without_inputs.encode_to_vec())
+    }
+
     /// How many outputs the op produces (inputs may refer to `0..outputs`).
     pub fn outputs(&self) -> usize {
         match &self.op.op {

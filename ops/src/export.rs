@@ -21,6 +21,8 @@ pub enum ExportError {
     Send(#[from] filesync::FileSyncError),
     #[error("failed to write archive: {0}")]
     Archive(String),
+    #[error("the client stopped reading the archive")]
+    ClientDone,
 }
 
 fn walk(root: &Path) -> Result<Vec<Entry>, ExportError> {
@@ -105,7 +107,10 @@ impl Write for ChannelWriter {
 fn write_tar(root: &Path, out: ChannelWriter) -> Result<(), ExportError> {
     let entries = walk(root)?;
     let mut builder = tar::Builder::new(out);
-    let fail = |e: std::io::Error| ExportError::Archive(e.to_string());
+    let fail = |e: std::io::Error| match e.kind() {
+        std::io::ErrorKind::BrokenPipe => ExportError::ClientDone,
+        _ => ExportError::Archive(e.to_string()),
+    };
     for entry in &entries {
         let s = &entry.stat;
         let mut header = tar::Header::new_gnu();

@@ -18,23 +18,23 @@ use crate::blocking;
 
 /// One file op vertex.
 pub struct FileOp {
-    digest: Digest,
+    key: Digest,
     op: pb::FileOp,
     cache: CacheManager,
 }
 
 impl FileOp {
-    pub fn new(digest: Digest, op: pb::FileOp, cache: CacheManager) -> FileOp {
-        FileOp { digest, op, cache }
+    /// `key` is the op's cache key material ([`bk_llb::Vertex::op_key`]).
+    pub fn new(key: Digest, op: pb::FileOp, cache: CacheManager) -> FileOp {
+        FileOp { key, op, cache }
     }
 }
 
 #[async_trait]
 impl Op<Ref> for FileOp {
     async fn cache_key(&self, _ctx: &OpContext, _inputs: &[Digest]) -> Result<Digest, OpError> {
-        // The op's bytes say everything it does; inputs are combined by the
-        // solver.
-        Ok(self.digest.clone())
+        // What the op does; its inputs' keys are combined by the solver.
+        Ok(self.key.clone())
     }
 
     async fn exec(&self, _ctx: &OpContext, inputs: Vec<Ref>) -> Result<Vec<Ref>, OpError> {
@@ -43,7 +43,7 @@ impl Op<Ref> for FileOp {
         let input_paths: Vec<PathBuf> = inputs.iter().map(|r| r.path().to_path_buf()).collect();
         let description = bk_llb::name::vertex_name(
             &bk_llb::Vertex {
-                digest: self.digest.clone(),
+                digest: self.key.clone(),
                 op: pb::Op {
                     op: Some(pb::op::Op::File(self.op.clone())),
                     ..Default::default()
@@ -54,23 +54,26 @@ impl Op<Ref> for FileOp {
             &|_| String::new(),
         );
         let parents: Vec<String> = inputs.iter().map(|r| r.id().to_string()).collect();
-        let written = blocking(move || run_actions(&cache, &actions, &input_paths)).await?;
-        let mut outputs: Vec<(i64, Ref)> = Vec::new();
-        for (output, id) in written {
-            let r = self
-                .cache
-                .commit(
-                    &id,
-                    RecordType::Regular,
-                    &description,
-                    parents.clone(),
-                    false,
-                )
-                .map_err(|e| OpError::new(e.to_string()))?;
-            outputs.push((output, r));
-        }
-        outputs.sort_by_key(|(o, _)| *o);
-        Ok(outputs.into_iter().map(|(_, r)| r).collect())
+        // Recorded on the blocking thread too: a build canceled meanwhile
+        // still leaves only recorded snapshots behind.
+        blocking(move || {
+            let mut outputs: Vec<(i64, Ref)> = Vec::new();
+            for (output, id) in run_actions(&cache, &actions, &input_paths)? {
+                let r = cache
+                    .commit(
+                        &id,
+                        RecordType::Regular,
+                        &description,
+                        parents.clone(),
+                        false,
+                    )
+                    .map_err(|e| OpError::new(e.to_string()))?;
+                outputs.push((output, r));
+            }
+            outputs.sort_by_key(|(o, _)| *o);
+            Ok(outputs.into_iter().map(|(_, r)| r).collect())
+        })
+        .await
     }
 }
 
@@ -196,41 +199,41 @@ fn run_actions(
 
 /// `MergeOp`: the inputs layered in order, later ones winning.
 pub struct MergeOp {
-    digest: Digest,
+    key: Digest,
     cache: CacheManager,
 }
 
 impl MergeOp {
-    pub fn new(digest: Digest, _op: pb::MergeOp, cache: CacheManager) -> MergeOp {
-        MergeOp { digest, cache }
+    pub fn new(key: Digest, _op: pb::MergeOp, cache: CacheManager) -> MergeOp {
+        MergeOp { key, cache }
     }
 }
 
 #[async_trait]
 impl Op<Ref> for MergeOp {
     async fn cache_key(&self, _ctx: &OpContext, _inputs: &[Digest]) -> Result<Digest, OpError> {
-        Ok(self.digest.clone())
+        Ok(self.key.clone())
     }
 
     async fn exec(&self, _ctx: &OpContext, inputs: Vec<Ref>) -> Result<Vec<Ref>, OpError> {
-        let (id, dest) = self
-            .cache
-            .create_dir()
-            .map_err(|e| OpError::new(e.to_string()))?;
+        let cache = self.cache.clone();
         let sources: Vec<PathBuf> = inputs.iter().map(|r| r.path().to_path_buf()).collect();
+        let parents: Vec<String> = inputs.iter().map(|r| r.id().to_string()).collect();
         blocking(move || {
+            let (id, dest) = cache
+                .create_dir()
+                .map_err(|e| OpError::new(e.to_string()))?;
             for src in &sources {
-                crate::tree::overlay_onto(src, &dest)
-                    .map_err(|e| OpError::new(format!("failed to merge: {e}")))?;
+                if let Err(e) = crate::tree::overlay_onto(src, &dest) {
+                    let _ = std::fs::remove_dir_all(&dest);
+                    return Err(OpError::new(format!("failed to merge: {e}")));
+                }
             }
-            Ok(())
+            let merged = cache
+                .commit(&id, RecordType::Regular, "merge", parents, false)
+                .map_err(|e| OpError::new(e.to_string()))?;
+            Ok(vec![merged])
         })
-        .await?;
-        let parents = inputs.iter().map(|r| r.id().to_string()).collect();
-        let merged = self
-            .cache
-            .commit(&id, RecordType::Regular, "merge", parents, false)
-            .map_err(|e| OpError::new(e.to_string()))?;
-        Ok(vec![merged])
+        .await
     }
 }

@@ -29,6 +29,9 @@ const ATTR_FOLLOW: &str = "local.followpaths";
 const ATTR_SHARED_KEY_HINT: &str = "local.sharedkeyhint";
 const ATTR_DIFFER: &str = "local.differ";
 
+/// How often a transfer reports its byte count.
+const PROGRESS_INTERVAL: std::time::Duration = std::time::Duration::from_millis(150);
+
 /// State shared by every local source of a worker.
 #[derive(Default)]
 pub struct LocalContexts {
@@ -165,35 +168,49 @@ impl LocalSource {
         let io = |e: bk_cache::CacheError| OpError::new(e.to_string());
 
         // The mutable directory kept for this shared key.
-        let mutable_id = match self.cache.named(shared_key).map_err(io)? {
-            Some(id) if self.cache.record(&id).map_err(io)?.is_some() => id,
-            _ => {
-                let (id, _) = self.cache.create_dir().map_err(io)?;
-                drop(
-                    self.cache
+        let (cache, key, name) = (
+            self.cache.clone(),
+            shared_key.to_string(),
+            self.name.clone(),
+        );
+        let (mutable_id, mutable) = crate::blocking(move || {
+            let io = |e: bk_cache::CacheError| OpError::new(e.to_string());
+            let existing = cache
+                .named(&key)
+                .map_err(io)?
+                .and_then(|id| cache.get(&id).ok().flatten());
+            let mutable = match existing {
+                Some(held) => held,
+                None => {
+                    let (id, _) = cache.create_dir().map_err(io)?;
+                    let held = cache
                         .commit(
                             &id,
                             RecordType::LocalSource,
-                            &format!("local source for {}", self.name),
+                            &format!("local source for {name}"),
                             vec![],
                             true,
                         )
-                        .map_err(io)?,
-                );
-                self.cache.set_named(shared_key, &id).map_err(io)?;
-                id
-            }
-        };
-        let mutable = self
-            .cache
-            .get(&mutable_id)
-            .map_err(io)?
-            .ok_or_else(|| OpError::new(format!("snapshot {mutable_id} vanished")))?;
+                        .map_err(io)?;
+                    cache.set_named(&key, &id).map_err(io)?;
+                    held
+                }
+            };
+            Ok((mutable.id().to_string(), mutable))
+        })
+        .await?;
 
         let progress = ctx.progress.clone();
         let id = status_id.to_string();
+        // One update per packet would grow the job's record without bound;
+        // a few per second is what a progress display needs.
+        let last_report = Mutex::new(std::time::Instant::now());
         let report: bk_fsutil::receive::ProgressFn = Arc::new(move |bytes| {
-            progress.status(&id, bytes as i64, 0, started, None);
+            let mut last = last_report.lock().unwrap_or_else(|e| e.into_inner());
+            if last.elapsed() >= PROGRESS_INTERVAL {
+                *last = std::time::Instant::now();
+                progress.status(&id, bytes as i64, 0, started, None);
+            }
         });
         let opts = ReceiveOptions {
             differ,
@@ -210,7 +227,8 @@ impl LocalSource {
             started,
             Some(Timestamp::from(SystemTime::now())),
         );
-        self.cache.touch(&mutable_id).map_err(io)?;
+        let (cache, id) = (self.cache.clone(), mutable_id.clone());
+        crate::blocking(move || cache.touch(&id).map_err(|e| OpError::new(e.to_string()))).await?;
 
         let contexts = self.contexts.clone();
         let root = mutable.path().to_path_buf();
@@ -230,22 +248,27 @@ impl LocalSource {
         if let Some(snapshot) = unchanged {
             return Ok((checksum, snapshot));
         }
-        let (snap_id, snap_path) = self.cache.create_dir().map_err(io)?;
+        let (cache, name) = (self.cache.clone(), self.name.clone());
         let src = mutable.path().to_path_buf();
-        tokio::task::spawn_blocking(move || crate::tree::clone_into(&src, &snap_path))
-            .await
-            .map_err(|e| OpError::new(e.to_string()))?
-            .map_err(|e| OpError::new(format!("failed to snapshot context: {e}")))?;
-        let snapshot = self
-            .cache
-            .commit(
-                &snap_id,
-                RecordType::Regular,
-                &format!("local://{}", self.name),
-                vec![mutable_id],
-                false,
-            )
-            .map_err(io)?;
+        let snapshot = crate::blocking(move || {
+            let (snap_id, snap_path) = cache
+                .create_dir()
+                .map_err(|e| OpError::new(e.to_string()))?;
+            if let Err(e) = crate::tree::clone_into(&src, &snap_path) {
+                let _ = std::fs::remove_dir_all(&snap_path);
+                return Err(OpError::new(format!("failed to snapshot context: {e}")));
+            }
+            cache
+                .commit(
+                    &snap_id,
+                    RecordType::Regular,
+                    &format!("local://{name}"),
+                    vec![mutable_id],
+                    false,
+                )
+                .map_err(|e| OpError::new(e.to_string()))
+        })
+        .await?;
         *last = Some(Snapshot {
             checksum: checksum.clone(),
             id: snapshot.id().to_string(),

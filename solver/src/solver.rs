@@ -114,6 +114,34 @@ pub fn combine_key(op_key: &Digest, inputs: &[(Digest, usize)]) -> Digest {
 }
 
 type SharedResult<R> = Shared<BoxFuture<'static, Result<Arc<Vec<R>>, SolveError>>>;
+
+/// A run shared by every job that needs its cache key. It runs in its own
+/// task with its own cancel token, canceled only when no job waits for it
+/// any more: one job going away never fails the others.
+struct Inflight<R: ResultRef> {
+    id: u64,
+    run: SharedResult<R>,
+    waiters: Arc<std::sync::atomic::AtomicUsize>,
+    cancel: CancellationToken,
+}
+
+/// One job's interest in an inflight run.
+struct Waiter {
+    waiters: Arc<std::sync::atomic::AtomicUsize>,
+    cancel: CancellationToken,
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        if self
+            .waiters
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel)
+            == 1
+        {
+            self.cancel.cancel();
+        }
+    }
+}
 type SharedKey = Shared<BoxFuture<'static, Result<Digest, SolveError>>>;
 
 /// The solver, shared by all jobs of the daemon.
@@ -122,7 +150,8 @@ pub struct Solver<R: ResultRef> {
     cache: Arc<dyn ResultCache<R>>,
     parallelism: Arc<Semaphore>,
     /// Results being computed, by cache key, across jobs.
-    inflight: Mutex<HashMap<Digest, SharedResult<R>>>,
+    inflight: Mutex<HashMap<Digest, Inflight<R>>>,
+    next_run: std::sync::atomic::AtomicU64,
 }
 
 /// What one solve asks for.
@@ -170,6 +199,7 @@ impl<R: ResultRef> Solver<R> {
             cache,
             parallelism: Arc::new(Semaphore::new(permits)),
             inflight: Mutex::new(HashMap::new()),
+            next_run: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -275,10 +305,7 @@ impl<R: ResultRef> JobState<R> {
             let vertex = this.vertex(&d)?.clone();
             let input_keys: Vec<SharedKey> =
                 vertex.inputs.iter().map(|(i, _)| this.key(i)).collect();
-            let mut keys = Vec::with_capacity(input_keys.len());
-            for k in input_keys {
-                keys.push(k.await?);
-            }
+            let keys = futures::future::try_join_all(input_keys).await?;
             let op = this.op(&d)?;
             let op_key = op
                 .cache_key(&this.context(&d), &keys)
@@ -316,19 +343,9 @@ impl<R: ResultRef> JobState<R> {
                 return Ok(Arc::new(found));
             }
             // Someone may already be computing this key for another job.
-            let (shared, ours) = {
-                let mut inflight = lock(&this.solver.inflight);
-                match inflight.get(&key).filter(|_| !vertex.metadata.ignore_cache) {
-                    Some(existing) => (existing.clone(), false),
-                    None => {
-                        let run = this.clone().run(d.clone(), key.clone()).boxed().shared();
-                        inflight.insert(key.clone(), run.clone());
-                        (run, true)
-                    }
-                }
-            };
+            let (shared, ours, waiter) = this.join_run(&d, &key, vertex.metadata.ignore_cache);
             let outcome = shared.await;
-            lock(&this.solver.inflight).remove(&key);
+            drop(waiter);
             if !ours {
                 // Another job ran it; this job's progress still closes it.
                 let error = outcome.as_ref().err().map(ToString::to_string);
@@ -342,14 +359,77 @@ impl<R: ResultRef> JobState<R> {
         fut
     }
 
-    /// Executes a vertex: inputs first, then the op, then the cache.
-    async fn run(self: Arc<Self>, digest: Digest, key: Digest) -> Result<Arc<Vec<R>>, SolveError> {
+    /// Joins the run computing `key`, starting it if nobody has.
+    fn join_run(
+        self: &Arc<Self>,
+        digest: &Digest,
+        key: &Digest,
+        fresh: bool,
+    ) -> (SharedResult<R>, bool, Waiter) {
+        use std::sync::atomic::Ordering;
+        let solver = self.solver.clone();
+        let mut inflight = lock(&solver.inflight);
+        if let Some(existing) = inflight.get(key).filter(|_| !fresh) {
+            existing.waiters.fetch_add(1, Ordering::AcqRel);
+            let waiter = Waiter {
+                waiters: existing.waiters.clone(),
+                cancel: existing.cancel.clone(),
+            };
+            return (existing.run.clone(), false, waiter);
+        }
+        let id = solver.next_run.fetch_add(1, Ordering::Relaxed);
+        let cancel = CancellationToken::new();
+        let waiters = Arc::new(std::sync::atomic::AtomicUsize::new(1));
+        let task = tokio::spawn({
+            let this = self.clone();
+            let (digest, key, cancel) = (digest.clone(), key.clone(), cancel.clone());
+            async move {
+                let outcome = this.clone().run(digest, key.clone(), cancel).await;
+                let mut inflight = lock(&this.solver.inflight);
+                if inflight.get(&key).is_some_and(|e| e.id == id) {
+                    inflight.remove(&key);
+                }
+                outcome
+            }
+        });
+        let run = async move { task.await.map_err(|_| SolveError::Canceled)? }
+            .boxed()
+            .shared();
+        let waiter = Waiter {
+            waiters: waiters.clone(),
+            cancel: cancel.clone(),
+        };
+        if !fresh {
+            inflight.insert(
+                key.clone(),
+                Inflight {
+                    id,
+                    run: run.clone(),
+                    waiters,
+                    cancel,
+                },
+            );
+        }
+        (run, true, waiter)
+    }
+
+    /// Executes a vertex: inputs first (concurrently), then the op, then
+    /// the cache.
+    async fn run(
+        self: Arc<Self>,
+        digest: Digest,
+        key: Digest,
+        cancel: CancellationToken,
+    ) -> Result<Arc<Vec<R>>, SolveError> {
         let vertex = self.vertex(&digest)?.clone();
         let input_futures: Vec<SharedResult<R>> =
             vertex.inputs.iter().map(|(i, _)| self.result(i)).collect();
-        let mut inputs = Vec::with_capacity(input_futures.len());
-        for ((input, index), fut) in vertex.inputs.iter().zip(input_futures) {
-            let outputs = fut.await?;
+        let all_outputs = tokio::select! {
+            r = futures::future::try_join_all(input_futures) => r?,
+            () = cancel.cancelled() => return Err(SolveError::Canceled),
+        };
+        let mut inputs = Vec::with_capacity(all_outputs.len());
+        for ((input, index), outputs) in vertex.inputs.iter().zip(all_outputs) {
             let output = outputs
                 .get(*index)
                 .cloned()
@@ -364,10 +444,11 @@ impl<R: ResultRef> JobState<R> {
             .await
             .map_err(|_| SolveError::Canceled)?;
         self.progress.started(&digest);
-        let ctx = self.context(&digest);
+        let mut ctx = self.context(&digest);
+        ctx.cancel = cancel.clone();
         let outcome = tokio::select! {
             r = op.exec(&ctx, inputs) => r,
-            () = self.cancel.cancelled() => Err(OpError::new(crate::progress::CANCELED)),
+            () = cancel.cancelled() => Err(OpError::new(crate::progress::CANCELED)),
         };
         match outcome {
             Ok(outputs) => {
@@ -375,7 +456,7 @@ impl<R: ResultRef> JobState<R> {
                 self.progress.completed(&digest, false, None);
                 Ok(Arc::new(outputs))
             }
-            Err(_) if self.cancel.is_cancelled() => {
+            Err(_) if cancel.is_cancelled() => {
                 self.progress
                     .completed(&digest, false, Some(crate::progress::CANCELED));
                 Err(SolveError::Canceled)

@@ -19,6 +19,9 @@ use tokio_util::sync::CancellationToken;
 struct World {
     runs: Mutex<HashMap<String, usize>>,
     content: Mutex<HashMap<String, String>>,
+    /// Slow ops running now, and the most ever at once.
+    active: std::sync::atomic::AtomicUsize,
+    max_active: std::sync::atomic::AtomicUsize,
 }
 
 impl World {
@@ -79,7 +82,11 @@ impl Op<String> for TestOp {
             .entry(name.clone())
             .or_default() += 1;
         if name.starts_with("slow://") {
+            use std::sync::atomic::Ordering;
+            let now = self.world.active.fetch_add(1, Ordering::SeqCst) + 1;
+            self.world.max_active.fetch_max(now, Ordering::SeqCst);
             tokio::time::sleep(Duration::from_millis(200)).await;
+            self.world.active.fetch_sub(1, Ordering::SeqCst);
         }
         if name.starts_with("fail://") {
             return Err(OpError::new(format!("{name} failed on purpose")));
@@ -287,4 +294,51 @@ async fn canceling_a_job_stops_it() {
         .any(|v| futures::future::ready(v.error == bk_solver::progress::CANCELED))
         .await;
     assert!(canceled);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_job_leaving_does_not_fail_another_sharing_its_work() {
+    let world = Arc::new(World::default());
+    let solver = solver(&world);
+    let graph = step(&src("slow://shared"), 1);
+    let (first, _) = job(&graph);
+    let first_cancel = first.cancel.clone();
+    let first_run = tokio::spawn({
+        let solver = solver.clone();
+        async move { solver.solve(first).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (second, _) = job(&graph);
+    let second_run = tokio::spawn({
+        let solver = solver.clone();
+        async move { solver.solve(second).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    first_cancel.cancel();
+    assert!(matches!(
+        first_run.await.unwrap(),
+        Err(SolveError::Canceled)
+    ));
+    let out = second_run.await.unwrap().unwrap();
+    assert!(out.contains("slow://shared"));
+    assert_eq!(
+        world.runs("slow://shared"),
+        1,
+        "the shared run went on for the job still waiting"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn independent_inputs_run_concurrently() {
+    let world = Arc::new(World::default());
+    let solver = solver(&world);
+    let graph = builder::merge(
+        &(0..4)
+            .map(|i| src(&format!("slow://{i}")))
+            .collect::<Vec<_>>(),
+    );
+    let (j, _) = job(&graph);
+    solver.solve(j).await.unwrap();
+    let most = world.max_active.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(most >= 2, "inputs ran one at a time");
 }
