@@ -12,10 +12,12 @@ use bk_llb::builder::{self, CopyOptions, FileActions};
 use bk_proto::moby::buildkit::v1::StatusResponse;
 use compat_tests::{Daemon, DaemonOptions};
 
-/// `FROM scratch` + `COPY . /out/`, as the Dockerfile frontend writes it.
+/// `FROM scratch` + `COPY . /out/`, as the Dockerfile frontend writes it:
+/// its context carries a fresh `local.unique` each time, so the copy's
+/// vertex digest differs from build to build while its cache key must not.
 fn copy_context_definition() -> bk_proto::pb::Definition {
-    let context =
-        builder::local("context", BTreeMap::new()).with_name("[internal] load build context");
+    let attrs = BTreeMap::from([("local.unique".to_string(), random("unique"))]);
+    let context = builder::local("context", attrs).with_name("[internal] load build context");
     builder::scratch()
         .file(FileActions::new().copy(&context, "/", "/out/", CopyOptions::default()))
         .with_name("[1/1] COPY . /out/")

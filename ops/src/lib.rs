@@ -61,12 +61,12 @@ impl Worker<Ref> for SnapshotWorker {
                 }
             }
             Some(OpKind::File(f)) => Ok(Arc::new(file::FileOp::new(
-                vertex.digest.clone(),
+                vertex.op_key(),
                 f.clone(),
                 self.cache.clone(),
             ))),
             Some(OpKind::Merge(m)) => Ok(Arc::new(file::MergeOp::new(
-                vertex.digest.clone(),
+                vertex.op_key(),
                 m.clone(),
                 self.cache.clone(),
             ))),

@@ -211,15 +211,16 @@ impl SessionManager {
         let (io, outbound, tunnel) = tunnel::open(inbound.map(|m| m.map(|m| m.data)));
         let slot = Arc::new(Mutex::new(Some(io)));
         // The tunnel is one connection: a second dial (after it broke) fails.
-        let channel = Endpoint::from_static("http://localhost").connect_with_connector_lazy(
-            tower::service_fn(move |_| {
+        let channel = Endpoint::from_static("http://localhost")
+            .initial_stream_window_size(bk_proto::STREAM_WINDOW)
+            .initial_connection_window_size(bk_proto::CONNECTION_WINDOW)
+            .connect_with_connector_lazy(tower::service_fn(move |_| {
                 let io = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
                 async move {
                     io.map(TokioIo::new)
                         .ok_or_else(|| std::io::Error::other("session connection is closed"))
                 }
-            }),
-        );
+            }));
         let session = Arc::new(Session {
             id: id.clone(),
             shared_key: header(HEADER_SHARED_KEY),

@@ -315,7 +315,9 @@ impl<R: ResultRef> JobState<R> {
                 .into_iter()
                 .zip(vertex.inputs.iter().map(|(_, i)| *i))
                 .collect();
-            Ok(combine_key(&op_key, &with_index))
+            let key = combine_key(&op_key, &with_index);
+            tracing::debug!(vertex = %d, op_key = %op_key, %key, "cache key");
+            Ok(key)
         }
         .boxed()
         .shared();
