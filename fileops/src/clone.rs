@@ -43,6 +43,20 @@ struct Frame {
 /// directory. `src` itself may be a symlink (the caller's path); nothing
 /// beneath it is followed.
 pub fn clone_tree(src: &Path, dst: &Path) -> Result<(), FileOpError> {
+    clone_tree_with(src, dst, false)
+}
+
+/// Like [`clone_tree`], but regular files are hard links to `src`'s, not
+/// copies: directories, symlinks and special files are new, file data is
+/// shared. Only for a `src` whose files are never written in place (a
+/// directory that is only ever updated by renaming new files over old
+/// ones, such as a context fsutil receives into), and a `dst` whose files
+/// are never written either (an immutable snapshot).
+pub fn link_tree(src: &Path, dst: &Path) -> Result<(), FileOpError> {
+    clone_tree_with(src, dst, true)
+}
+
+fn clone_tree_with(src: &Path, dst: &Path, share_files: bool) -> Result<(), FileOpError> {
     let top_src = rustix::fs::openat(
         CWD,
         src,
@@ -150,6 +164,10 @@ pub fn clone_tree(src: &Path, dst: &Path) -> Result<(), FileOpError> {
         }
 
         match ft {
+            FileType::RegularFile if share_files => {
+                rustix::fs::linkat(&cur_src, &name, &cur_dst, &name, AtFlags::empty())
+                    .map_err(|e| io_err("link", &rel, e.into()))?;
+            }
             FileType::RegularFile => copy_regular(&cur_src, &cur_dst, &name, &st, &rel)?,
             FileType::Symlink => {
                 let target = rustix::fs::readlinkat(&cur_src, &name, Vec::new())

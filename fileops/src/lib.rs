@@ -55,7 +55,7 @@ use bk_proto::pb::FileAction;
 use bk_proto::pb::file_action::Action;
 
 pub use actions::{mkdir, mkfile, rm, symlink};
-pub use clone::clone_tree;
+pub use clone::{clone_tree, link_tree};
 pub use copy::copy;
 pub use error::FileOpError;
 pub use paths::resolve_in_root;

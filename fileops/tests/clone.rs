@@ -151,3 +151,37 @@ fn clone_destination_rules() {
     // A missing source is an error.
     assert!(clone_tree(&s.path().join("missing"), &holder.path().join("x")).is_err());
 }
+
+#[test]
+fn link_tree_shares_file_data_and_nothing_else() {
+    use std::os::unix::fs::MetadataExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(src.join("d")).unwrap();
+    std::fs::write(src.join("d/f"), b"one").unwrap();
+    std::os::unix::fs::symlink("d/f", src.join("l")).unwrap();
+    let dst = tmp.path().join("dst");
+    bk_fileops::link_tree(&src, &dst).unwrap();
+
+    let (a, b) = (
+        src.join("d/f").metadata().unwrap(),
+        dst.join("d/f").metadata().unwrap(),
+    );
+    assert_eq!(a.ino(), b.ino(), "file data is shared");
+    assert_ne!(
+        src.join("d").metadata().unwrap().ino(),
+        dst.join("d").metadata().unwrap().ino()
+    );
+    assert_eq!(
+        std::fs::read_link(dst.join("l")).unwrap(),
+        std::path::Path::new("d/f")
+    );
+
+    // Updating the source the way fsutil does (a new file renamed over the
+    // old) leaves the copy as it was.
+    std::fs::write(src.join("d/.tmp"), b"two").unwrap();
+    std::fs::rename(src.join("d/.tmp"), src.join("d/f")).unwrap();
+    std::fs::remove_file(src.join("l")).unwrap();
+    assert_eq!(std::fs::read(dst.join("d/f")).unwrap(), b"one");
+    assert!(dst.join("l").symlink_metadata().is_ok());
+}

@@ -254,7 +254,9 @@ impl LocalSource {
             let (snap_id, snap_path) = cache
                 .create_dir()
                 .map_err(|e| OpError::new(e.to_string()))?;
-            if let Err(e) = crate::tree::clone_into(&src, &snap_path) {
+            // The mutable copy only ever changes by new files renamed over
+            // old ones, so the snapshot can share file data with it.
+            if let Err(e) = bk_fileops::link_tree(&src, &snap_path) {
                 let _ = std::fs::remove_dir_all(&snap_path);
                 return Err(OpError::new(format!("failed to snapshot context: {e}")));
             }
