@@ -281,6 +281,10 @@ impl LocalSource {
 
 #[async_trait]
 impl Op<Ref> for LocalSource {
+    fn works_for_key(&self) -> bool {
+        true
+    }
+
     async fn cache_key(&self, ctx: &OpContext, _inputs: &[Digest]) -> Result<Digest, OpError> {
         let (checksum, snapshot) = self.sync(ctx).await?;
         *self.result.lock().await = Some(snapshot);

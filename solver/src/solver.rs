@@ -81,6 +81,13 @@ pub trait Op<R: ResultRef>: Send + Sync {
     /// source must transfer the context before its content is known.
     async fn cache_key(&self, ctx: &OpContext, input_keys: &[Digest]) -> Result<Digest, OpError>;
 
+    /// Whether computing the cache key is the op's real work (a local
+    /// source's transfer). Progress then shows the vertex running while its
+    /// key is computed, as BuildKit does, even when the build is cached.
+    fn works_for_key(&self) -> bool {
+        false
+    }
+
     /// Produces the op's outputs (one per output index) from its inputs'
     /// results, in `Op.inputs` order.
     async fn exec(&self, ctx: &OpContext, inputs: Vec<R>) -> Result<Vec<R>, OpError>;
@@ -307,10 +314,16 @@ impl<R: ResultRef> JobState<R> {
                 vertex.inputs.iter().map(|(i, _)| this.key(i)).collect();
             let keys = futures::future::try_join_all(input_keys).await?;
             let op = this.op(&d)?;
-            let op_key = op
-                .cache_key(&this.context(&d), &keys)
-                .await
-                .map_err(|e| this.op_error(&d, e))?;
+            let shown = op.works_for_key();
+            if shown {
+                this.progress.started(&d);
+            }
+            let op_key = op.cache_key(&this.context(&d), &keys).await;
+            if shown {
+                let error = op_key.as_ref().err().map(|e| e.message.clone());
+                this.progress.completed(&d, false, error.as_deref());
+            }
+            let op_key = op_key.map_err(|e| this.op_error(&d, e))?;
             let with_index: Vec<(Digest, usize)> = keys
                 .into_iter()
                 .zip(vertex.inputs.iter().map(|(_, i)| *i))
@@ -341,7 +354,10 @@ impl<R: ResultRef> JobState<R> {
                 false => this.solver.cache.load(&key).await,
             };
             if let Some(found) = cached {
-                this.progress.completed(&d, true, None);
+                // A vertex whose work was its key already showed as done.
+                if !this.op(&d)?.works_for_key() {
+                    this.progress.completed(&d, true, None);
+                }
                 return Ok(Arc::new(found));
             }
             // Someone may already be computing this key for another job.
