@@ -629,3 +629,72 @@ async fn uploads_and_token_fallbacks() {
     };
     assert_eq!(auth::fetch_token(&session, request).await.unwrap(), None);
 }
+
+/// A client whose bytes to the daemon can be frozen mid-session, as
+/// BuildKit's integration test does to check that the daemon's health checks
+/// fail stuck calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_client_fails_stuck_calls_through_health_checks() {
+    use bk_session::manager::{HEADER_HEALTH_TIMEOUT, HEADER_METHOD, HEADER_SESSION_ID};
+    use futures::StreamExt;
+    use tokio::sync::{mpsc, watch};
+    use tokio_stream::wrappers::ReceiverStream;
+
+    let (manager, mut control) = start_daemon().await;
+    let (to_daemon, outbound) = mpsc::channel::<api::BytesMessage>(16);
+    let mut request = Request::new(ReceiverStream::new(outbound));
+    let md = request.metadata_mut();
+    md.insert(HEADER_SESSION_ID, "stall".parse().unwrap());
+    md.insert(HEADER_HEALTH_TIMEOUT, "1000".parse().unwrap());
+    for m in ["/grpc.health.v1.Health/Check", GET_SECRET] {
+        md.append(HEADER_METHOD, m.parse().unwrap());
+    }
+    let inbound = control.session(request).await.unwrap().into_inner();
+    let (io, mut from_server, _tunnel) =
+        bk_session::tunnel::open(inbound.map(|m| m.map(|m| m.data)));
+    let (stall, stalled) = watch::channel(false);
+    tokio::spawn(async move {
+        while let Some(data) = from_server.recv().await {
+            if *stalled.borrow() {
+                // Frozen: keep the stream open, send nothing more.
+                futures::future::pending::<()>().await;
+            }
+            if to_daemon.send(api::BytesMessage { data }).await.is_err() {
+                break;
+            }
+        }
+    });
+    let (_, health) = tonic_health::server::health_reporter();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(health)
+            .add_service(SecretsServer::new(TestSecrets))
+            .serve_with_incoming(futures::stream::once(
+                async move { Ok::<_, std::io::Error>(io) },
+            )),
+    );
+
+    let session = manager.get("stall", Duration::from_secs(5)).await.unwrap();
+    let mut secrets = SecretsClient::new(session.channel());
+    // Works while the client answers.
+    assert!(
+        secrets
+            .get_secret(GetSecretRequest {
+                id: "3".into(),
+                ..Default::default()
+            })
+            .await
+            .is_ok()
+    );
+
+    stall.send(true).unwrap();
+    let stuck = session.call(secrets.get_secret(GetSecretRequest {
+        id: "hang".into(),
+        ..Default::default()
+    }));
+    let result = tokio::time::timeout(Duration::from_secs(15), stuck)
+        .await
+        .expect("the stuck call must fail once health checks fail");
+    assert!(result.is_err());
+    assert!(session.is_closed());
+}
