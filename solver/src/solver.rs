@@ -461,7 +461,11 @@ impl<R: ResultRef> JobState<R> {
             .acquire()
             .await
             .map_err(|_| SolveError::Canceled)?;
-        self.progress.started(&digest);
+        // An op whose work was its key already showed that work.
+        let shown = !op.works_for_key();
+        if shown {
+            self.progress.started(&digest);
+        }
         let mut ctx = self.context(&digest);
         ctx.cancel = cancel.clone();
         let outcome = tokio::select! {
@@ -471,7 +475,9 @@ impl<R: ResultRef> JobState<R> {
         match outcome {
             Ok(outputs) => {
                 self.solver.cache.save(&key, &outputs).await;
-                self.progress.completed(&digest, false, None);
+                if shown {
+                    self.progress.completed(&digest, false, None);
+                }
                 Ok(Arc::new(outputs))
             }
             Err(_) if cancel.is_cancelled() => {

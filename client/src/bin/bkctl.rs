@@ -337,7 +337,7 @@ async fn build(client: &Client, args: &BuildArgs) -> anyhow::Result<()> {
         std::fs::write(path, &build_ref)
             .with_context(|| format!("failed to write {}", path.display()))?;
     }
-    let response = client.build(prepared, print_progress).await;
+    let response = client.build(prepared, plain_progress()).await;
     let response = response.context("failed to solve")?;
     if let Some(path) = &args.metadata_file {
         let json = serde_json::to_string_pretty(&response.exporter_response)?;
@@ -347,24 +347,34 @@ async fn build(client: &Client, args: &BuildArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Plain progress: a line per vertex start and end, logs as they come.
-fn print_progress(update: bk_proto::moby::buildkit::v1::StatusResponse) {
-    for v in update.vertexes {
-        if v.completed.is_some() {
-            let state = if !v.error.is_empty() {
-                format!("ERROR: {}", v.error)
-            } else if v.cached {
-                "CACHED".to_string()
+/// Plain progress: a line when a vertex starts and one when it ends (each
+/// once, however many updates repeat them), logs as they come.
+fn plain_progress() -> impl FnMut(bk_proto::moby::buildkit::v1::StatusResponse) + Send + 'static {
+    let mut last: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+    move |update| {
+        for v in update.vertexes {
+            let line = if v.completed.is_some() {
+                let state = if !v.error.is_empty() {
+                    format!("ERROR: {}", v.error)
+                } else if v.cached {
+                    "CACHED".to_string()
+                } else {
+                    "DONE".to_string()
+                };
+                format!("{} {state}", v.name)
+            } else if v.started.is_some() {
+                v.name.clone()
             } else {
-                "DONE".to_string()
+                continue;
             };
-            eprintln!("{} {state}", v.name);
-        } else if v.started.is_some() {
-            eprintln!("{}", v.name);
+            if last.get(&v.digest) != Some(&line) {
+                eprintln!("{line}");
+                last.insert(v.digest, line);
+            }
         }
-    }
-    for log in update.logs {
-        eprint!("{}", String::from_utf8_lossy(&log.msg));
+        for log in update.logs {
+            eprint!("{}", String::from_utf8_lossy(&log.msg));
+        }
     }
 }
 
