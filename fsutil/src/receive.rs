@@ -46,6 +46,10 @@ const MAX_NAME: usize = 255;
 /// Linux's limits on one extended attribute.
 const MAX_XATTR_NAME: usize = 255;
 const MAX_XATTR_VALUE: usize = 64 * 1024;
+/// All xattrs of one entry together: they are kept until the entry is done.
+const MAX_XATTR_TOTAL: usize = 256 * 1024;
+/// Files with data in flight at once; honest senders stream four.
+const MAX_OPEN_FILES: usize = 64;
 /// No honest `DATA` packet is larger than a gRPC message may be.
 const MAX_DATA: usize = bk_proto::MAX_MESSAGE_SIZE;
 /// Commands queued for the writer before the reader waits for it.
@@ -167,6 +171,9 @@ async fn run(
 
     let (cmd_tx, cmd_rx) = mpsc::channel::<Cmd>(WRITER_QUEUE);
     let cancel = Arc::new(AtomicBool::new(false));
+    // If this future is dropped (the build was canceled), the writer stops
+    // at its next command instead of working through its queue.
+    let _stop_writer = StopOnDrop(cancel.clone());
     let fin_sent = Arc::new(AtomicBool::new(false));
     let config = Config {
         dest: dest.to_path_buf(),
@@ -418,6 +425,7 @@ fn check_path(path: &str, what: &str) -> Result<(), FsError> {
         match name {
             "" | "." => return bad("unclean path"),
             ".." => return bad("escapes the root"),
+            _ if name.starts_with(TMP_PREFIX) => return bad("name reserved for the receiver"),
             _ if name.len() > MAX_NAME => return bad("name too long"),
             _ => {}
         }
@@ -457,6 +465,10 @@ fn check_kind(stat: &Stat) -> Result<(), FsError> {
         if !fits(stat.devmajor) || !fits(stat.devminor) {
             return bad("device number out of range".into());
         }
+    }
+    let total: usize = stat.xattrs.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if total > MAX_XATTR_TOTAL {
+        return bad("xattrs too large".into());
     }
     for (name, value) in &stat.xattrs {
         if name.is_empty() || name.len() > MAX_XATTR_NAME || name.contains('\0') {
@@ -610,6 +622,9 @@ struct Pending {
     stat: Stat,
     /// Opened at the first chunk: the parent directory and the file.
     open: Option<(OwnedFd, File)>,
+    /// The temporary file's identity when created; what is reopened must
+    /// still be it (a later listed entry must not have replaced it).
+    inode: (u64, u64),
 }
 
 /// The blocking half: all filesystem work, in listing order.
@@ -632,6 +647,8 @@ struct Writer {
     dirs: Vec<Stat>,
     listing_ended: bool,
     tmp_seq: u64,
+    /// Random per transfer, so no peer can name our temporary files.
+    tmp_token: String,
     out: mpsc::UnboundedSender<Packet>,
     fin_sent: Arc<AtomicBool>,
     stats: WriterStats,
@@ -677,6 +694,7 @@ impl Writer {
             dirs: Vec::new(),
             listing_ended: false,
             tmp_seq: 0,
+            tmp_token: random_token(),
             out,
             fin_sent,
             stats: WriterStats::default(),
@@ -725,7 +743,7 @@ impl Writer {
 
     fn tmp_name(&mut self) -> String {
         self.tmp_seq += 1;
-        format!("{TMP_PREFIX}{}.{}", std::process::id(), self.tmp_seq)
+        format!("{TMP_PREFIX}{}.{}", self.tmp_token, self.tmp_seq)
     }
 
     /// The owner to give a new entry, or `None` when we cannot chown.
@@ -795,7 +813,7 @@ impl Writer {
                 rustix::fs::mkdirat(&parent, name, Mode::RWXU)
                     .map_err(|e| self.err("mkdir", &path, e))?;
             } else if unchanged {
-                self.dirs.push(stat);
+                self.dirs.push(dir_settle(stat));
                 return Ok(());
             }
             let fd =
@@ -806,7 +824,7 @@ impl Writer {
             set_xattrs(&fd, &stat);
             // Mode and mtime last: children change the mtime, and a
             // read-only mode would stop us writing them.
-            self.dirs.push(stat);
+            self.dirs.push(dir_settle(stat));
             return Ok(());
         }
 
@@ -914,13 +932,16 @@ impl Writer {
         let tmp = self.tmp_name();
         // Created now so that hard links listed before its data arrives
         // have an inode to point to.
-        rustix::fs::openat(
+        let created = rustix::fs::openat(
             parent,
             &tmp,
             OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::RUSR | Mode::WUSR,
         )
         .map_err(|e| self.err("create", &stat.path, e))?;
+        let st = rustix::fs::fstat(&created).map_err(|e| self.err("stat", &stat.path, e))?;
+        #[allow(clippy::unnecessary_cast)]
+        let inode = (st.st_dev as u64, st.st_ino as u64);
         self.pending_tmp.insert(stat.path.clone(), join(dir, &tmp));
         self.rewritten.insert(stat.path.clone());
         self.pending.insert(
@@ -931,6 +952,7 @@ impl Writer {
                 tmp,
                 stat,
                 open: None,
+                inode,
             },
         );
         self.stats.files_requested += 1;
@@ -965,13 +987,29 @@ impl Writer {
         if file.open.is_none() {
             let parent = open_beneath(&self.root, file.dir.as_bytes())
                 .map_err(|e| self.err("open", path, e))?;
+            let open_files = self.pending.values().filter(|p| p.open.is_some()).count();
+            if open_files >= MAX_OPEN_FILES {
+                return Err(FsError::Invalid(format!(
+                    "more than {MAX_OPEN_FILES} files receiving data at once"
+                )));
+            }
+            // NONBLOCK: should the name now be a FIFO, do not hang on it.
             let fd = rustix::fs::openat(
                 &parent,
                 file.tmp.as_str(),
-                OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
                 Mode::empty(),
             )
             .map_err(|e| self.err("open", path, e))?;
+            let st = rustix::fs::fstat(&fd).map_err(|e| self.err("stat", path, e))?;
+            #[allow(clippy::unnecessary_cast)]
+            let same = (st.st_dev as u64, st.st_ino as u64) == file.inode
+                && FileType::from_raw_mode(st.st_mode as u32) == FileType::RegularFile;
+            if !same {
+                return Err(FsError::Invalid(format!(
+                    "{path:?} was replaced while its data was being received"
+                )));
+            }
             file.open = Some((parent, File::from(fd)));
         }
         let Some((parent, handle)) = file.open.as_mut() else {
@@ -1206,6 +1244,43 @@ fn meta_raw_mode(st: &rustix::fs::Stat) -> u32 {
 #[allow(clippy::unnecessary_cast)]
 fn inode_of(st: &rustix::fs::Stat) -> (u64, u64, u64) {
     (st.st_dev as u64, st.st_ino as u64, st.st_nlink as u64)
+}
+
+/// Sets the writer's stop flag when dropped.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// 16 hex digits from the kernel's random source (or, failing that, from
+/// the clock and the address of a stack value).
+fn random_token() -> String {
+    use std::io::Read;
+    let mut bytes = [0u8; 8];
+    let filled = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
+    if filled.is_err() {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        let local = 0u8;
+        bytes = (t ^ (&local as *const u8 as u64).rotate_left(32)).to_le_bytes();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What a directory needs at the end of a transfer: path, mode and mtime,
+/// without the xattrs that could make a long listing costly to keep.
+fn dir_settle(stat: Stat) -> Stat {
+    Stat {
+        path: stat.path,
+        mode: stat.mode,
+        mod_time: stat.mod_time,
+        ..Stat::default()
+    }
 }
 
 #[cfg(test)]
@@ -1931,6 +2006,38 @@ pub(crate) mod tests {
         assert_invalid(vec![p_stat(file(&long))], "too long").await;
         let deep = vec!["d"; MAX_PATH / 2 + 1].join("/");
         assert_invalid(vec![p_stat(file(&deep))], "too long").await;
+    }
+
+    #[tokio::test]
+    async fn rejects_names_of_its_own_temporary_files() {
+        // A peer must not be able to replace a file being received by
+        // listing an entry under its temporary name (e.g. a device node).
+        let name = format!("{TMP_PREFIX}1.1");
+        let device = Stat {
+            devmajor: 1,
+            devminor: 3,
+            ..st(&name, mode::DEVICE | mode::CHAR_DEVICE | 0o666)
+        };
+        assert_invalid(
+            vec![p_stat(file(".a")), p_stat(device), p_end()],
+            "reserved",
+        )
+        .await;
+        assert_invalid(
+            vec![p_stat(dir("d")), p_stat(file(&format!("d/{name}")))],
+            "reserved",
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn rejects_oversized_xattrs_in_total() {
+        let mut big = file("a");
+        for i in 0..8 {
+            big.xattrs
+                .insert(format!("user.x{i}"), vec![0u8; 60 * 1024]);
+        }
+        assert_invalid(vec![p_stat(big)], "xattrs too large").await;
     }
 
     #[tokio::test]
