@@ -488,3 +488,71 @@ async fn fifty_concurrent_overlapping_builds_share_their_common_step() {
         50
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changing_a_file_a_step_does_not_read_keeps_that_step_cached() {
+    let daemon = Daemon::start(DaemonOptions::default());
+    let tmp = tempfile::tempdir().unwrap();
+    let context = tmp.path().join("context");
+    std::fs::create_dir_all(context.join("src")).unwrap();
+    std::fs::write(context.join("package.json"), b"{}").unwrap();
+    std::fs::write(context.join("src/app.js"), b"v1").unwrap();
+    // COPY package.json /app/  then  COPY src /app/src
+    let definition = || {
+        let attrs = BTreeMap::from([("local.unique".to_string(), random("u"))]);
+        let ctx = builder::local("context", attrs);
+        let deps = builder::scratch()
+            .file(FileActions::new().copy(&ctx, "/package.json", "/app/", CopyOptions::default()))
+            .with_name("COPY package.json");
+        deps.file(FileActions::new().copy(&ctx, "/src", "/app/src", CopyOptions::default()))
+            .with_name("COPY src")
+            .marshal()
+    };
+    let client = daemon.client().await;
+    let build = |out: std::path::PathBuf| {
+        let client = client.clone();
+        let context = context.clone();
+        let def = definition();
+        async move {
+            let flags = BuildFlags {
+                local: vec![format!("context={}", context.display())],
+                output: vec![format!("type=local,dest={}", out.display())],
+                ..Default::default()
+            };
+            let prepared = flags
+                .to_request(Some(def), &random("ref"), &random("s"))
+                .unwrap();
+            let (recorded, sink) = Recorded::new();
+            client.build(prepared, sink).await.unwrap();
+            recorded.vertices()
+        }
+    };
+    build(tmp.path().join("o1")).await;
+
+    // Only the sources changed: the package.json step stays cached.
+    std::fs::write(context.join("src/app.js"), b"v2").unwrap();
+    let v = build(tmp.path().join("o2")).await;
+    assert_eq!(
+        v.get("COPY package.json"),
+        Some(&(true, String::new())),
+        "{v:?}"
+    );
+    assert_eq!(v.get("COPY src"), Some(&(false, String::new())), "{v:?}");
+    assert_eq!(
+        std::fs::read(tmp.path().join("o2/app/src/app.js")).unwrap(),
+        b"v2"
+    );
+
+    // package.json changed: both run.
+    std::fs::write(context.join("package.json"), b"{\"a\":1}").unwrap();
+    let v = build(tmp.path().join("o3")).await;
+    assert_eq!(
+        v.get("COPY package.json"),
+        Some(&(false, String::new())),
+        "{v:?}"
+    );
+    assert_eq!(
+        std::fs::read(tmp.path().join("o3/app/package.json")).unwrap(),
+        b"{\"a\":1}"
+    );
+}

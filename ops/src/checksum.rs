@@ -106,6 +106,49 @@ pub fn tree_checksum(entries: &[Entry], memo: &DigestMemo) -> std::io::Result<Di
     Ok(Digest::parse(&format!("sha256:{hex}")).unwrap_or_else(|| Digest::of(hex.as_bytes())))
 }
 
+/// The checksum of what `path` names inside `root` (a file, a link, or a
+/// whole directory), resolved as a copy resolves its source; `None` when
+/// it does not exist (the copy itself will say so).
+pub fn path_checksum(
+    root: &Path,
+    path: &str,
+    follow: bool,
+    memo: &DigestMemo,
+) -> std::io::Result<Option<Digest>> {
+    let full = match bk_fileops::resolve_in_root(root, path, follow) {
+        Ok(full) => full,
+        Err(_) => return Ok(None),
+    };
+    let meta = match std::fs::symlink_metadata(&full) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut h = Sha256::new();
+    h.update(b"buildkit-rs path v1\0");
+    h.update(path.as_bytes());
+    h.update(b"\0");
+    h.update(crate::checksum::mode_bits(&meta).to_le_bytes());
+    h.update(meta.uid().to_le_bytes());
+    h.update(meta.gid().to_le_bytes());
+    if meta.is_dir() {
+        let entries =
+            bk_fsutil::walk::walk(&full, &Default::default()).map_err(std::io::Error::other)?;
+        h.update(tree_checksum(&entries, memo)?.as_str().as_bytes());
+    } else if meta.file_type().is_symlink() {
+        h.update(std::fs::read_link(&full)?.as_os_str().as_encoded_bytes());
+    } else if meta.is_file() {
+        h.update(memo.file_digest(&full)?);
+    }
+    let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    Ok(Digest::parse(&format!("sha256:{hex}")))
+}
+
+fn mode_bits(meta: &std::fs::Metadata) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    meta.permissions().mode()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

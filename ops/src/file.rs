@@ -7,12 +7,16 @@
 //! handed on rather than copied again.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use bk_cache::{CacheManager, RecordType, Ref};
 use bk_llb::Digest;
 use bk_proto::pb;
+use bk_proto::pb::file_action::Action;
 use bk_solver::{Op, OpContext, OpError};
+
+use crate::checksum::DigestMemo;
 
 use crate::blocking;
 
@@ -21,12 +25,74 @@ pub struct FileOp {
     key: Digest,
     op: pb::FileOp,
     cache: CacheManager,
+    memo: Arc<DigestMemo>,
+    /// How many inputs the vertex has (indexes at or past it are action
+    /// results).
+    inputs: usize,
 }
 
 impl FileOp {
     /// `key` is the op's cache key material ([`bk_llb::Vertex::op_key`]).
-    pub fn new(key: Digest, op: pb::FileOp, cache: CacheManager) -> FileOp {
-        FileOp { key, op, cache }
+    pub fn new(
+        key: Digest,
+        op: pb::FileOp,
+        inputs: usize,
+        cache: CacheManager,
+        memo: Arc<DigestMemo>,
+    ) -> FileOp {
+        FileOp {
+            key,
+            op,
+            cache,
+            memo,
+            inputs,
+        }
+    }
+
+    /// Per op input: the `(source path, follow symlinks)` pairs copies read
+    /// from it, when copying those paths is all the op does with it (no
+    /// wildcards, not a base tree, not an owner lookup); `None` otherwise.
+    fn selectors(&self, inputs: usize) -> Vec<Option<Vec<(String, bool)>>> {
+        let mut out: Vec<Option<Vec<(String, bool)>>> = vec![Some(Vec::new()); inputs];
+        let mut used = vec![false; inputs];
+        let input_of = |i: i64| usize::try_from(i).ok().filter(|i| *i < inputs);
+        for action in &self.op.actions {
+            if let Some(i) = input_of(action.input) {
+                out[i] = None;
+            }
+            let chown = match &action.action {
+                Some(Action::Copy(c)) => c.owner.as_ref(),
+                Some(Action::Mkdir(m)) => m.owner.as_ref(),
+                Some(Action::Mkfile(m)) => m.owner.as_ref(),
+                Some(Action::Symlink(m)) => m.owner.as_ref(),
+                _ => None,
+            };
+            let (user, group) = bk_fileops::owner_inputs(chown);
+            for i in [user, group].into_iter().flatten().filter_map(input_of) {
+                out[i] = None;
+            }
+            if let Some(i) = input_of(action.secondary_input) {
+                used[i] = true;
+                match &action.action {
+                    Some(Action::Copy(c))
+                        if !c.src.contains(['*', '?', '[', '\\'])
+                            && c.include_patterns.is_empty()
+                            && c.exclude_patterns.is_empty() =>
+                    {
+                        if let Some(paths) = out[i].as_mut() {
+                            paths.push((c.src.clone(), c.follow_symlink));
+                        }
+                    }
+                    _ => out[i] = None,
+                }
+            }
+        }
+        for (i, was_used) in used.iter().enumerate() {
+            if !was_used {
+                out[i] = None;
+            }
+        }
+        out
     }
 }
 
@@ -35,6 +101,46 @@ impl Op<Ref> for FileOp {
     async fn cache_key(&self, _ctx: &OpContext, _inputs: &[Digest]) -> Result<Digest, OpError> {
         // What the op does; its inputs' keys are combined by the solver.
         Ok(self.key.clone())
+    }
+
+    fn has_content_key(&self) -> bool {
+        self.selectors(self.inputs).iter().any(Option::is_some)
+    }
+
+    async fn content_key(
+        &self,
+        _ctx: &OpContext,
+        input_keys: &[Digest],
+        inputs: &[Ref],
+    ) -> Result<Option<Digest>, OpError> {
+        let selectors = self.selectors(inputs.len());
+        let roots: Vec<PathBuf> = inputs.iter().map(|r| r.path().to_path_buf()).collect();
+        let (keys, key, memo) = (input_keys.to_vec(), self.key.clone(), self.memo.clone());
+        blocking(move || {
+            let mut material = format!("fileop content v1\0{key}");
+            for (i, selector) in selectors.iter().enumerate() {
+                material.push('\0');
+                match selector {
+                    Some(paths) => {
+                        for (path, follow) in paths {
+                            let sum =
+                                crate::checksum::path_checksum(&roots[i], path, *follow, &memo)
+                                    .map_err(|e| {
+                                        OpError::new(format!("failed to checksum {path}: {e}"))
+                                    })?;
+                            match sum {
+                                Some(sum) => material.push_str(sum.as_str()),
+                                // Missing: no content key; the copy will report it.
+                                None => return Ok(None),
+                            }
+                        }
+                    }
+                    None => material.push_str(keys.get(i).map(Digest::as_str).unwrap_or("")),
+                }
+            }
+            Ok(Some(Digest::of(material.as_bytes())))
+        })
+        .await
     }
 
     async fn exec(&self, _ctx: &OpContext, inputs: Vec<Ref>) -> Result<Vec<Ref>, OpError> {

@@ -63,7 +63,9 @@ impl Worker<Ref> for SnapshotWorker {
             Some(OpKind::File(f)) => Ok(Arc::new(file::FileOp::new(
                 vertex.op_key(),
                 f.clone(),
+                vertex.inputs.len(),
                 self.cache.clone(),
+                self.contexts.memo.clone(),
             ))),
             Some(OpKind::Merge(m)) => Ok(Arc::new(file::MergeOp::new(
                 vertex.op_key(),

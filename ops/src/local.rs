@@ -38,7 +38,7 @@ pub struct LocalContexts {
     /// One lock per shared key: two builds never sync into one directory at
     /// the same time.
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Snapshot>>>>>,
-    pub(crate) memo: DigestMemo,
+    pub(crate) memo: Arc<DigestMemo>,
 }
 
 /// The last immutable snapshot cut from a context, and its checksum. Only

@@ -88,6 +88,25 @@ pub trait Op<R: ResultRef>: Send + Sync {
         false
     }
 
+    /// Whether the op has a second, content-based key (see
+    /// [`Op::content_key`]).
+    fn has_content_key(&self) -> bool {
+        false
+    }
+
+    /// A key from what the op actually reads of its inputs (the paths a
+    /// copy takes), computed from their results when the first key missed:
+    /// a change elsewhere in an input then keeps the cache. `None`: no such
+    /// key this time.
+    async fn content_key(
+        &self,
+        _ctx: &OpContext,
+        _input_keys: &[Digest],
+        _inputs: &[R],
+    ) -> Result<Option<Digest>, OpError> {
+        Ok(None)
+    }
+
     /// Produces the op's outputs (one per output index) from its inputs'
     /// results, in `Op.inputs` order.
     async fn exec(&self, ctx: &OpContext, inputs: Vec<R>) -> Result<Vec<R>, OpError>;
@@ -360,10 +379,27 @@ impl<R: ResultRef> JobState<R> {
                 }
                 return Ok(Arc::new(found));
             }
+            // A miss; what the op reads of its inputs may still be known.
+            let content_key = match vertex.metadata.ignore_cache {
+                true => None,
+                false => this.content_key(&d, &vertex).await?,
+            };
+            let by_content = match &content_key {
+                Some(k2) => this.solver.cache.load(k2).await,
+                None => None,
+            };
+            if let Some(found) = by_content {
+                this.solver.cache.save(&key, &found).await;
+                this.progress.completed(&d, true, None);
+                return Ok(Arc::new(found));
+            }
             // Someone may already be computing this key for another job.
             let (shared, ours, waiter) = this.join_run(&d, &key, vertex.metadata.ignore_cache);
             let outcome = shared.await;
             drop(waiter);
+            if let (Some(k2), Ok(outputs)) = (&content_key, &outcome) {
+                this.solver.cache.save(k2, outputs).await;
+            }
             if !ours {
                 // Another job ran it; this job's progress still closes it.
                 let error = outcome.as_ref().err().map(ToString::to_string);
@@ -375,6 +411,36 @@ impl<R: ResultRef> JobState<R> {
         .shared();
         results.insert(digest.clone(), fut.clone());
         fut
+    }
+
+    /// The op's content key, if it has one: materialises the inputs.
+    async fn content_key(
+        self: &Arc<Self>,
+        d: &Digest,
+        vertex: &Vertex,
+    ) -> Result<Option<Digest>, SolveError> {
+        let op = self.op(d)?;
+        if !op.has_content_key() {
+            return Ok(None);
+        }
+        let keys =
+            futures::future::try_join_all(vertex.inputs.iter().map(|(i, _)| self.key(i))).await?;
+        let results =
+            futures::future::try_join_all(vertex.inputs.iter().map(|(i, _)| self.result(i)))
+                .await?;
+        let mut inputs = Vec::with_capacity(results.len());
+        for ((input, index), outputs) in vertex.inputs.iter().zip(results) {
+            let output = outputs
+                .get(*index)
+                .cloned()
+                .ok_or_else(|| SolveError::Invalid(format!("{input} has no output {index}")))?;
+            inputs.push(output);
+        }
+        let k2 = op
+            .content_key(&self.context(d), &keys, &inputs)
+            .await
+            .map_err(|e| self.op_error(d, e))?;
+        Ok(k2.map(|k| combine_key(&k, &[])))
     }
 
     /// Joins the run computing `key`, starting it if nobody has.
@@ -440,6 +506,16 @@ impl<R: ResultRef> JobState<R> {
         cancel: CancellationToken,
     ) -> Result<Arc<Vec<R>>, SolveError> {
         let vertex = self.vertex(&digest)?.clone();
+        // A run of the same key may have finished (saved, then left the
+        // inflight map) between our cache lookup and starting this one.
+        let finished_meanwhile = match vertex.metadata.ignore_cache {
+            true => None,
+            false => self.solver.cache.load(&key).await,
+        };
+        if let Some(found) = finished_meanwhile {
+            self.progress.completed(&digest, true, None);
+            return Ok(Arc::new(found));
+        }
         let input_futures: Vec<SharedResult<R>> =
             vertex.inputs.iter().map(|(i, _)| self.result(i)).collect();
         let all_outputs = tokio::select! {
