@@ -556,3 +556,138 @@ async fn changing_a_file_a_step_does_not_read_keeps_that_step_cached() {
         b"{\"a\":1}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_stage_copies_with_modes_owners_wildcards_and_merge() {
+    use bk_proto::pb::{ChownOpt, UserOpt, user_opt};
+
+    let daemon = Daemon::start(DaemonOptions::default());
+    let tmp = tempfile::tempdir().unwrap();
+    let context = tmp.path().join("context");
+    std::fs::create_dir_all(context.join("sub")).unwrap();
+    std::fs::write(context.join("hello.txt"), b"hello\n").unwrap();
+    std::fs::write(context.join("other.txt"), b"other\n").unwrap();
+    std::fs::write(context.join("sub/s.txt"), b"s\n").unwrap();
+
+    let ctx = builder::local("context", BTreeMap::new());
+    // FROM scratch AS a / COPY hello.txt /a/ / COPY sub /a/sub
+    let stage_a = builder::scratch().file(
+        FileActions::new()
+            .copy(&ctx, "/hello.txt", "/a/", CopyOptions::default())
+            .copy(&ctx, "/sub", "/a/sub", CopyOptions::default()),
+    );
+    let by_id = |id| ChownOpt {
+        user: Some(UserOpt {
+            user: Some(user_opt::User::ById(id)),
+        }),
+        group: Some(UserOpt {
+            user: Some(user_opt::User::ById(id)),
+        }),
+    };
+    // FROM scratch / COPY --from=a /a /x / COPY --chmod=755 hello.txt /y /
+    // COPY *.txt /w/ / COPY --chown=1000:1000 sub /u, then --link-style merge.
+    let final_stage = builder::scratch().file(
+        FileActions::new()
+            .copy(&stage_a, "/a", "/x", CopyOptions::default())
+            .copy(
+                &ctx,
+                "/hello.txt",
+                "/y",
+                CopyOptions {
+                    mode: 0o755,
+                    ..Default::default()
+                },
+            )
+            .copy(&ctx, "/*.txt", "/w/", CopyOptions::default())
+            .copy(
+                &ctx,
+                "/sub",
+                "/u",
+                CopyOptions {
+                    owner: Some(by_id(1000)),
+                    ..Default::default()
+                },
+            ),
+    );
+    let linked = builder::scratch().file(FileActions::new().copy(
+        &ctx,
+        "/hello.txt",
+        "/z",
+        CopyOptions::default(),
+    ));
+    let def = builder::merge(&[final_stage, linked]).marshal();
+
+    let tarball = tmp.path().join("out.tar");
+    let out = tmp.path().join("out");
+    let flags = BuildFlags {
+        local: vec![format!("context={}", context.display())],
+        output: vec![
+            format!("type=local,dest={}", out.display()),
+            format!("type=tar,dest={}", tarball.display()),
+        ],
+        ..Default::default()
+    };
+    let prepared = flags
+        .to_request(Some(def), &random("ms"), &random("s"))
+        .unwrap();
+    daemon.client().await.build(prepared, |_| {}).await.unwrap();
+
+    let mut listing: Vec<String> = walk_listing(&out);
+    listing.sort();
+    assert_eq!(
+        listing,
+        vec![
+            "u/ 755",
+            "u/s.txt 644",
+            "w/ 755",
+            "w/hello.txt 644",
+            "w/other.txt 644",
+            "x/ 755",
+            "x/hello.txt 644",
+            "x/sub/ 755",
+            "x/sub/s.txt 644",
+            "y 755",
+            "z 644",
+        ]
+    );
+    assert_eq!(std::fs::read(out.join("x/sub/s.txt")).unwrap(), b"s\n");
+    // Owners survive in the tarball (the local output belongs to the caller).
+    let owners: Vec<(String, u64)> = tar::Archive::new(std::fs::File::open(&tarball).unwrap())
+        .entries()
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.path().unwrap().to_string_lossy().into_owned(),
+                e.header().uid().unwrap(),
+            )
+        })
+        .collect();
+    assert!(
+        owners.contains(&("u/s.txt".to_string(), 1000)),
+        "{owners:?}"
+    );
+    assert!(owners.contains(&("y".to_string(), 0)), "{owners:?}");
+}
+
+/// `path mode` for every entry below `root` (directories end in `/`).
+fn walk_listing(root: &Path) -> Vec<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let meta = path.symlink_metadata().unwrap();
+            let rel = path.strip_prefix(root).unwrap().display().to_string();
+            let mode = meta.permissions().mode() & 0o7777;
+            if meta.is_dir() {
+                out.push(format!("{rel}/ {mode:o}"));
+                stack.push(path);
+            } else {
+                out.push(format!("{rel} {mode:o}"));
+            }
+        }
+    }
+    out
+}
