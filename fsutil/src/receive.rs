@@ -183,9 +183,12 @@ async fn run(
     };
     let mut writer = {
         let (cancel, fin_sent) = (cancel.clone(), fin_sent.clone());
-        tokio::task::spawn_blocking(move || {
-            let mut writer = Writer::open(config, out_tx, fin_sent)?;
-            writer.run(cmd_rx, &cancel)
+        tokio::spawn(async move {
+            let writer =
+                tokio::task::spawn_blocking(move || Writer::open(config, out_tx, fin_sent))
+                    .await
+                    .map_err(|e| FsError::Stream(format!("receive writer failed: {e}")))??;
+            drive_writer(writer, cmd_rx, cancel).await
         })
     };
 
@@ -701,31 +704,10 @@ impl Writer {
         })
     }
 
-    fn run(
-        &mut self,
-        mut cmds: mpsc::Receiver<Cmd>,
-        cancel: &AtomicBool,
-    ) -> Result<WriterStats, FsError> {
-        let result = self.process(&mut cmds, cancel);
-        if result.is_err() {
-            self.discard_pending();
-        }
-        result
-    }
-
-    fn process(
-        &mut self,
-        cmds: &mut mpsc::Receiver<Cmd>,
-        cancel: &AtomicBool,
-    ) -> Result<WriterStats, FsError> {
-        loop {
-            if self.listing_ended && self.pending.is_empty() {
-                self.finish()?;
-                return Ok(std::mem::take(&mut self.stats));
-            }
-            let Some(cmd) = cmds.blocking_recv() else {
-                return Err(FsError::Stream("transfer aborted".into()));
-            };
+    /// Applies a batch of commands in order (on a blocking thread); stops
+    /// early once everything has arrived, or when told to stop.
+    fn apply(&mut self, batch: Vec<Cmd>, cancel: &AtomicBool) -> Result<(), FsError> {
+        for cmd in batch {
             if cancel.load(Ordering::SeqCst) {
                 return Err(FsError::Stream("transfer aborted".into()));
             }
@@ -735,6 +717,11 @@ impl Writer {
                 Cmd::EndOfListing => self.listing_ended = true,
             }
         }
+        Ok(())
+    }
+
+    fn done(&self) -> bool {
+        self.listing_ended && self.pending.is_empty()
     }
 
     fn err(&self, op: &'static str, path: &str, e: Errno) -> FsError {
@@ -1244,6 +1231,55 @@ fn meta_raw_mode(st: &rustix::fs::Stat) -> u32 {
 #[allow(clippy::unnecessary_cast)]
 fn inode_of(st: &rustix::fs::Stat) -> (u64, u64, u64) {
     (st.st_dev as u64, st.st_ino as u64, st.st_nlink as u64)
+}
+
+/// Runs the writer: waits for commands without holding a thread, and hands
+/// each batch to a blocking thread. A peer that goes quiet costs a task,
+/// not one of the runtime's blocking threads.
+async fn drive_writer(
+    mut writer: Writer,
+    mut cmds: mpsc::Receiver<Cmd>,
+    cancel: Arc<AtomicBool>,
+) -> Result<WriterStats, FsError> {
+    let joined = |e: tokio::task::JoinError| FsError::Stream(format!("receive writer failed: {e}"));
+    loop {
+        if writer.done() {
+            let (mut writer, result) = tokio::task::spawn_blocking(move || {
+                let result = writer.finish();
+                (writer, result)
+            })
+            .await
+            .map_err(joined)?;
+            result?;
+            return Ok(std::mem::take(&mut writer.stats));
+        }
+        let failure = match cmds.recv().await {
+            None => Some(FsError::Stream("transfer aborted".into())),
+            Some(first) => {
+                let mut batch = vec![first];
+                while batch.len() < WRITER_QUEUE {
+                    match cmds.try_recv() {
+                        Ok(cmd) => batch.push(cmd),
+                        Err(_) => break,
+                    }
+                }
+                let stop = cancel.clone();
+                let (back, result) = tokio::task::spawn_blocking(move || {
+                    let result = writer.apply(batch, &stop);
+                    (writer, result)
+                })
+                .await
+                .map_err(joined)?;
+                writer = back;
+                result.err()
+            }
+        };
+        if let Some(error) = failure {
+            // Drop the temporary files of unfinished requests.
+            let _ = tokio::task::spawn_blocking(move || writer.discard_pending()).await;
+            return Err(error);
+        }
+    }
 }
 
 /// Sets the writer's stop flag when dropped.

@@ -16,14 +16,17 @@ use bk_fsutil::{Entry, mode};
 use bk_llb::Digest;
 use sha2::{Digest as _, Sha256};
 
-/// What identifies a file's content without reading it.
+/// What identifies a file's content without reading it. Only our own trees
+/// are checksummed, and their files are never written in place (fsutil
+/// renames new files over old ones; snapshots are immutable), so inode, size
+/// and mtime suffice. The change time would not do: hard-linking a file into
+/// a snapshot changes it without changing the content.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 struct FileIdentity {
     dev: u64,
     ino: u64,
     size: u64,
     mtime_ns: i64,
-    ctime_ns: i64,
 }
 
 /// Remembered file digests, shared by all checksum calls of a worker.
@@ -40,7 +43,6 @@ impl DigestMemo {
             ino: meta.ino(),
             size: meta.size(),
             mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
-            ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
         };
         if let Some(d) = self
             .files

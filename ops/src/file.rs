@@ -74,8 +74,11 @@ impl FileOp {
             if let Some(i) = input_of(action.secondary_input) {
                 used[i] = true;
                 match &action.action {
+                    // Copying the whole input reads all of it: its own key
+                    // says as much as a checksum would, for free.
                     Some(Action::Copy(c))
-                        if !c.src.contains(['*', '?', '[', '\\'])
+                        if !matches!(c.src.trim_end_matches('/'), "" | "." | "/.")
+                            && !c.src.contains(['*', '?', '[', '\\'])
                             && c.include_patterns.is_empty()
                             && c.exclude_patterns.is_empty() =>
                     {
