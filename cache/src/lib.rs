@@ -426,8 +426,8 @@ impl CacheManager {
     }
 }
 
-/// A random 25-character base-36 id.
-fn new_id() -> String {
+/// A random 25-character base-36 id, the shape BuildKit's ids have.
+pub fn new_id() -> String {
     use std::io::Read;
     const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
     let mut bytes = [0u8; 32];

@@ -11,11 +11,12 @@
 //! ```
 //! For a cold figure, point it at daemons with fresh roots.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bk_client::Client;
 use bk_client::solve_opts::BuildFlags;
 use bk_llb::builder::{self, CopyOptions, FileActions};
 
@@ -71,27 +72,18 @@ fn definition() -> bk_proto::pb::Definition {
 }
 
 async fn build(addr: &str, context: &Path, out: &Path, run: usize) -> Result<Duration, String> {
-    let client = Client::connect(addr, None, Duration::from_secs(10))
-        .await
-        .map_err(|e| e.to_string())?;
     let flags = BuildFlags {
         local: vec![format!("context={}", context.display())],
         output: vec![format!("type=local,dest={}", out.display())],
         ..Default::default()
     };
-    let prepared = flags
-        .to_request(
-            Some(definition()),
-            &format!("bench{}r{run}", std::process::id()),
-            &format!("bench{}s{run}", std::process::id()),
-        )
-        .map_err(|e| e.to_string())?;
-    let started = Instant::now();
-    client
-        .build(prepared, |_| {})
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(started.elapsed())
+    common::timed_build(
+        addr,
+        flags,
+        definition(),
+        &format!("bench{}x{run}", std::process::id()),
+    )
+    .await
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {

@@ -7,9 +7,10 @@
 //! cargo run --release --example bench_solve -- --addr unix:///run/a.sock [--compare unix:///run/b.sock]
 //! ```
 
+mod common;
+
 use std::time::{Duration, Instant};
 
-use bk_client::Client;
 use bk_client::solve_opts::BuildFlags;
 use bk_llb::builder::{self, FileActions, State};
 
@@ -41,18 +42,7 @@ fn graph(salt: &str, variant: &str) -> bk_proto::pb::Definition {
 }
 
 async fn solve(addr: &str, def: bk_proto::pb::Definition, id: &str) -> Result<Duration, String> {
-    let client = Client::connect(addr, None, Duration::from_secs(10))
-        .await
-        .map_err(|e| e.to_string())?;
-    let prepared = BuildFlags::default()
-        .to_request(Some(def), &format!("{id}r"), &format!("{id}s"))
-        .map_err(|e| e.to_string())?;
-    let started = Instant::now();
-    client
-        .build(prepared, |_| {})
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(started.elapsed())
+    common::timed_build(addr, BuildFlags::default(), def, id).await
 }
 
 #[tokio::main]

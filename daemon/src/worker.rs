@@ -132,7 +132,7 @@ fn worker_id(dir: &Path) -> Result<String, WorkerError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(err(e)),
     }
-    let id = new_id().map_err(err)?;
+    let id = bk_cache::new_id();
     // Write under a temporary name and rename, so a crash never leaves a
     // half-written id behind.
     let tmp = dir.join("workerid.tmp");
@@ -147,28 +147,6 @@ fn worker_id(dir: &Path) -> Result<String, WorkerError> {
     file.sync_all().map_err(err)?;
     std::fs::rename(&tmp, &path).map_err(err)?;
     Ok(id)
-}
-
-/// A random id of 25 base-36 characters, the shape BuildKit's ids have.
-pub fn new_id() -> std::io::Result<String> {
-    const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
-    let mut bytes = [0u8; 25];
-    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)?;
-    // 252 = 7 * 36: reject above it to avoid bias.
-    let mut out = String::with_capacity(25);
-    let mut pool = bytes.to_vec();
-    while out.len() < 25 {
-        match pool.pop() {
-            Some(b) if b < 252 => out.push(ALPHABET[(b % 36) as usize] as char),
-            Some(_) => {}
-            None => {
-                let mut more = [0u8; 25];
-                std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut more)?;
-                pool.extend_from_slice(&more);
-            }
-        }
-    }
-    Ok(out)
 }
 
 /// Parses `os/arch[/variant]` (or a bare `arch`), normalising arch aliases.
