@@ -165,7 +165,6 @@ impl LocalSource {
             locks.entry(shared_key.to_string()).or_default().clone()
         };
         let mut last = lock.lock().await;
-        let io = |e: bk_cache::CacheError| OpError::new(e.to_string());
 
         // The mutable directory kept for this shared key.
         let (cache, key, name) = (
@@ -242,7 +241,11 @@ impl LocalSource {
         .map_err(|e| OpError::new(e.to_string()))??;
 
         let unchanged = match last.as_ref().filter(|p| p.checksum == checksum) {
-            Some(prev) => self.cache.get(&prev.id).map_err(io)?,
+            Some(prev) => {
+                let (cache, id) = (self.cache.clone(), prev.id.clone());
+                crate::blocking(move || cache.get(&id).map_err(|e| OpError::new(e.to_string())))
+                    .await?
+            }
             None => None,
         };
         if let Some(snapshot) = unchanged {
