@@ -145,6 +145,39 @@ impl Progress {
         self.push(state, update);
     }
 
+    /// A vertex came from the cache: it, and every input above it that
+    /// never ran (a cached chain needs none of them), are shown cached, as
+    /// BuildKit shows every step of an unchanged rebuild.
+    pub fn cached_from(&self, digest: &Digest) {
+        let mut state = self.state();
+        let at = now();
+        let mut update = StatusResponse::default();
+        let mut stack = vec![digest.to_string()];
+        let mut seen = std::collections::HashSet::new();
+        while let Some(d) = stack.pop() {
+            if !seen.insert(d.clone()) {
+                continue;
+            }
+            let Some(v) = state.vertices.get_mut(&d) else {
+                continue;
+            };
+            if v.completed.is_some() || (v.started.is_some() && d != digest.as_str()) {
+                continue;
+            }
+            v.cached = true;
+            if v.started.is_none() {
+                v.started = Some(at);
+            }
+            v.completed = Some(at);
+            v.error.clear();
+            stack.extend(v.inputs.iter().cloned());
+            update.vertexes.push(v.clone());
+        }
+        if !update.vertexes.is_empty() {
+            self.push(state, update);
+        }
+    }
+
     /// A sub-task of a vertex (a transfer, a layer) with byte counters.
     pub fn status(&self, status: VertexStatus) {
         let state = self.state();

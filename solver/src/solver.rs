@@ -259,6 +259,11 @@ impl<R: ResultRef> Solver<R> {
             progress: job.progress,
             cancel: job.cancel.clone(),
         });
+        // Run tasks hold the job's state, and the state holds the futures
+        // that hold their waiters: break that cycle when the solve ends
+        // (returns or is dropped), or a canceled build would leave its
+        // steps running.
+        let _release = ReleaseOnDrop(state.clone());
         let result = tokio::select! {
             r = state.result(&root) => r,
             () = job.cancel.cancelled() => Err(SolveError::Canceled),
@@ -272,6 +277,17 @@ impl<R: ResultRef> Solver<R> {
             .get(index)
             .cloned()
             .ok_or_else(|| SolveError::Invalid(format!("{root} has no output {index}")))
+    }
+}
+
+/// Drops a job's shared futures when its solve ends.
+struct ReleaseOnDrop<R: ResultRef>(Arc<JobState<R>>);
+
+impl<R: ResultRef> Drop for ReleaseOnDrop<R> {
+    fn drop(&mut self) {
+        let results = std::mem::take(&mut *lock(&self.0.results));
+        let keys = std::mem::take(&mut *lock(&self.0.keys));
+        drop((results, keys));
     }
 }
 
@@ -373,10 +389,9 @@ impl<R: ResultRef> JobState<R> {
                 false => this.solver.cache.load(&key).await,
             };
             if let Some(found) = cached {
-                // A vertex whose work was its key already showed as done.
-                if !this.op(&d)?.works_for_key() {
-                    this.progress.completed(&d, true, None);
-                }
+                // A vertex whose work was its key already showed as done;
+                // its inputs above it were not needed.
+                this.progress.cached_from(&d);
                 return Ok(Arc::new(found));
             }
             // A miss; what the op reads of its inputs may still be known.
@@ -390,7 +405,7 @@ impl<R: ResultRef> JobState<R> {
             };
             if let Some(found) = by_content {
                 this.solver.cache.save(&key, &found).await;
-                this.progress.completed(&d, true, None);
+                this.progress.cached_from(&d);
                 return Ok(Arc::new(found));
             }
             // Someone may already be computing this key for another job.
@@ -513,7 +528,7 @@ impl<R: ResultRef> JobState<R> {
             false => self.solver.cache.load(&key).await,
         };
         if let Some(found) = finished_meanwhile {
-            self.progress.completed(&digest, true, None);
+            self.progress.cached_from(&digest);
             return Ok(Arc::new(found));
         }
         let input_futures: Vec<SharedResult<R>> =
