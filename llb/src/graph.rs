@@ -119,6 +119,13 @@ pub enum GraphError {
     Cycle(Digest),
 }
 
+/// Whether an exec mount produces an output. Only bind mounts can: the Go
+/// client leaves `output` at 0 on secret and ssh mounts, and the daemon
+/// ignores it there (and on cache and tmpfs mounts).
+pub fn exec_mount_has_output(m: &bk_proto::pb::Mount) -> bool {
+    m.output >= 0 && m.mount_type == bk_proto::pb::MountType::Bind as i32
+}
+
 /// One vertex: the decoded op, its inputs as digests and output indexes,
 /// and its metadata.
 #[derive(Debug, Clone)]
@@ -146,7 +153,11 @@ impl Vertex {
     /// How many outputs the op produces (inputs may refer to `0..outputs`).
     pub fn outputs(&self) -> usize {
         match &self.op.op {
-            Some(OpKind::Exec(exec)) => exec.mounts.iter().filter(|m| m.output >= 0).count(),
+            Some(OpKind::Exec(exec)) => exec
+                .mounts
+                .iter()
+                .filter(|m| exec_mount_has_output(m))
+                .count(),
             Some(OpKind::File(file)) => file
                 .actions
                 .iter()
@@ -173,6 +184,26 @@ pub struct Graph {
 }
 
 impl Graph {
+    /// The first entitlement an op needs that `granted` lacks, as BuildKit
+    /// words the refusal (`network.host is not allowed`).
+    pub fn check_entitlements(&self, granted: &[String]) -> Result<(), String> {
+        let has = |name: &str| granted.iter().any(|g| g == name);
+        for digest in &self.order {
+            let Some(vertex) = self.vertices.get(digest) else {
+                continue;
+            };
+            if let Some(OpKind::Exec(exec)) = &vertex.op.op {
+                if exec.network == pb::NetMode::Host as i32 && !has("network.host") {
+                    return Err("network.host is not allowed".into());
+                }
+                if exec.security == pb::SecurityMode::Insecure as i32 && !has("security.insecure") {
+                    return Err("security.insecure is not allowed".into());
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub fn decode(def: &pb::Definition) -> Result<Graph, GraphError> {
         Graph::decode_with(def, Limits::default())
     }
