@@ -59,7 +59,7 @@ pub use clone::{clone_tree, link_tree};
 pub use copy::copy;
 pub use error::FileOpError;
 pub use paths::resolve_in_root;
-pub use user::{Owner, owner_inputs, resolve_owner};
+pub use user::{ExecUser, Owner, owner_inputs, resolve_exec_user, resolve_owner};
 
 /// The trees one action works with.
 #[derive(Debug, Clone, Copy)]

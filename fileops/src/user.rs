@@ -73,6 +73,129 @@ pub fn resolve_owner(
     Ok(Some(owner))
 }
 
+/// The identity an exec step runs as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecUser {
+    pub uid: u32,
+    pub gid: u32,
+    /// Supplementary groups: those listing the user as a member, when the
+    /// user was named and no group was given.
+    pub additional_gids: Vec<u32>,
+}
+
+/// Resolves an exec op's `user` (`uid[:gid]`, or `name[:group]` from the
+/// tree's `/etc/passwd` and `/etc/group`) as BuildKit's executor does:
+/// numeric forms need no files (a lone uid runs with gid 0); a name that no
+/// file lists is an error; a number that no file lists is used as given.
+pub fn resolve_exec_user(root: &Path, spec: &str) -> Result<ExecUser, FileOpError> {
+    let numeric = |s: &str| -> Option<u32> {
+        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse().ok())
+            .flatten()
+    };
+    let (user, group) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec, None),
+    };
+    if spec.is_empty() {
+        return Ok(ExecUser {
+            uid: 0,
+            gid: 0,
+            additional_gids: Vec::new(),
+        });
+    }
+    match (numeric(user), group.map(numeric)) {
+        (Some(uid), None) => {
+            return Ok(ExecUser {
+                uid,
+                gid: 0,
+                additional_gids: Vec::new(),
+            });
+        }
+        (Some(uid), Some(Some(gid))) => {
+            return Ok(ExecUser {
+                uid,
+                gid,
+                additional_gids: Vec::new(),
+            });
+        }
+        _ => {}
+    }
+    let passwd = read_user_file(root, b"/etc/passwd")?.unwrap_or_default();
+    let mut found = None;
+    for line in lines(&passwd, MAX_PASSWD_LINE)? {
+        let fields: Vec<&[u8]> = line.split(|&b| b == b':').collect();
+        let name = fields.first().copied().unwrap_or_default();
+        let uid = fields.get(2).map_or(0, |f| atoi(f)) as u32;
+        if name == user.as_bytes() || numeric(user) == Some(uid) {
+            let gid = fields.get(3).map_or(0, |f| atoi(f)) as u32;
+            found = Some((name.to_vec(), uid, gid));
+            break;
+        }
+    }
+    let (name, uid, mut gid) = match (found, numeric(user)) {
+        (Some(f), _) => f,
+        (None, Some(uid)) => (Vec::new(), uid, 0),
+        (None, None) => {
+            return Err(FileOpError::Invalid(format!(
+                "unable to find user {user}: no matching entries in passwd file"
+            )));
+        }
+    };
+    let groups = read_user_file(root, b"/etc/group")?.unwrap_or_default();
+    let mut additional_gids = Vec::new();
+    let entries: Vec<(Vec<u8>, u32, Vec<Vec<u8>>)> = lines(&groups, MAX_GROUP_LINE)?
+        .into_iter()
+        .filter(|l| !l.starts_with(b"#"))
+        .map(|line| {
+            let fields: Vec<&[u8]> = line.split(|&b| b == b':').collect();
+            let members = fields
+                .get(3)
+                .map(|m| {
+                    m.split(|&b| b == b',')
+                        .filter(|s| !s.is_empty())
+                        .map(<[u8]>::to_vec)
+                        .collect()
+                })
+                .unwrap_or_default();
+            (
+                fields.first().copied().unwrap_or_default().to_vec(),
+                fields.get(2).map_or(0, |f| atoi(f)) as u32,
+                members,
+            )
+        })
+        .collect();
+    match group {
+        Some(group) => {
+            let hit = entries
+                .iter()
+                .find(|(n, g, _)| n == group.as_bytes() || numeric(group) == Some(*g));
+            gid = match (hit, numeric(group)) {
+                (Some((_, g, _)), _) => *g,
+                (None, Some(g)) => g,
+                (None, None) => {
+                    return Err(FileOpError::Invalid(format!(
+                        "unable to find group {group}: no matching entries in group file"
+                    )));
+                }
+            };
+        }
+        None if !name.is_empty() => {
+            for (_, g, members) in &entries {
+                if members.contains(&name) && !additional_gids.contains(g) {
+                    additional_gids.push(*g);
+                }
+            }
+        }
+        None => {}
+    }
+    Ok(ExecUser {
+        uid,
+        gid,
+        additional_gids,
+    })
+}
+
 /// The input indexes a `ChownOpt` needs trees for: (user, group), each
 /// present only for a by-name lookup.
 pub fn owner_inputs(chown: Option<&ChownOpt>) -> (Option<i64>, Option<i64>) {
@@ -249,6 +372,45 @@ mod tests {
         std::fs::write(dir.join("etc/passwd"), passwd).unwrap();
         std::fs::write(dir.join("etc/group"), group).unwrap();
         dir
+    }
+
+    #[test]
+    fn exec_users() {
+        let t = tree(
+            "root:x:0:0::/root:/bin/sh\nuser:x:1000:1001::/home/user:/bin/sh\n",
+            "root:x:0:\nstaff:x:1001:\nwheel:x:10:user,other\naudio:x:29:user\n",
+        );
+        let u = |s: &str| resolve_exec_user(&t, s);
+        let eu = |uid, gid, extra: &[u32]| ExecUser {
+            uid,
+            gid,
+            additional_gids: extra.to_vec(),
+        };
+        assert_eq!(u("").unwrap(), eu(0, 0, &[]));
+        assert_eq!(u("1234").unwrap(), eu(1234, 0, &[]));
+        assert_eq!(u("1234:55").unwrap(), eu(1234, 55, &[]));
+        assert_eq!(u("user").unwrap(), eu(1000, 1001, &[10, 29]));
+        assert_eq!(u("user:wheel").unwrap(), eu(1000, 10, &[]));
+        assert_eq!(u("user:77").unwrap(), eu(1000, 77, &[]));
+        assert_eq!(u("1000:staff").unwrap(), eu(1000, 1001, &[]));
+        assert!(
+            u("nobody")
+                .unwrap_err()
+                .to_string()
+                .contains("unable to find user nobody")
+        );
+        assert!(
+            u("user:nogroup")
+                .unwrap_err()
+                .to_string()
+                .contains("unable to find group nogroup")
+        );
+        let empty = crate::testutil::tempdir();
+        assert_eq!(
+            resolve_exec_user(&empty, "5:6").unwrap(),
+            eu(5, 6, &[])
+        );
+        assert!(resolve_exec_user(&empty, "app").is_err());
     }
 
     #[test]
