@@ -2,14 +2,16 @@
 # Installs what building and testing buildkit-rs needs on a Debian machine,
 # as root. Safe to run again: it only installs what is missing.
 #
-# Each package is listed with the tests that need it; new components (runc,
-# docker-registry, containerd, skopeo, umoci, busybox-static) join this list
-# with the issue that first tests against them.
+# Each package is listed with the tests that need it; new components
+# (docker-registry, containerd, skopeo, umoci) join this list with the issue
+# that first tests against them.
 set -euo pipefail
 
 packages=(
   git    # build.rs records the revision reported by Info
   curl   # the demo and debug-endpoint checks
+  runc            # the OCI worker's runtime (compat-tests/tests/exec.rs)
+  busybox-static  # the root filesystem exec tests run in
 )
 
 missing=()

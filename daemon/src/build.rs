@@ -57,6 +57,7 @@ struct JobGuard {
 
 impl Drop for JobGuard {
     fn drop(&mut self) {
+        tracing::debug!(build_ref = %self.build_ref, "build ended");
         self.cancel.cancel();
         self.builds
             .bridges
@@ -194,9 +195,14 @@ impl Builds {
         // With a definition, solve it; without one, the client builds
         // through the bridge and returns the result.
         let graph = match req.definition.as_ref().filter(|d| !d.def.is_empty()) {
-            Some(definition) => Some(
-                Graph::decode(definition).map_err(|e| Status::invalid_argument(e.to_string()))?,
-            ),
+            Some(definition) => {
+                let graph = Graph::decode(definition)
+                    .map_err(|e| Status::invalid_argument(e.to_string()))?;
+                graph
+                    .check_entitlements(&req.entitlements)
+                    .map_err(Status::permission_denied)?;
+                Some(graph)
+            }
             None => None,
         };
 
@@ -232,8 +238,14 @@ impl Builds {
                 Some(self.solver.solve(job).await.map_err(solve_status)?)
             }
             None => {
-                self.client_side(&req.r#ref, session_group, &progress, cancel)
-                    .await?
+                self.client_side(
+                    &req.r#ref,
+                    session_group,
+                    &progress,
+                    cancel,
+                    req.entitlements.clone(),
+                )
+                .await?
             }
         };
 
@@ -259,6 +271,7 @@ impl Builds {
         session_group: Vec<String>,
         progress: &Progress,
         cancel: CancellationToken,
+        entitlements: Vec<String>,
     ) -> Result<Option<Ref>, Status> {
         let (bridge, returned) = Bridge::new(
             self.solver.clone(),
@@ -266,6 +279,7 @@ impl Builds {
             session_group,
             cancel,
             self.workers.clone(),
+            entitlements,
         );
         self.bridges
             .lock()

@@ -68,11 +68,11 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let _lock = lock_root(&settings.root)?;
 
     let mut workers = Vec::new();
-    let mut state_dir = None;
+    let mut oci_config = None;
     if let Some(oci) = &settings.oci {
-        let (record, dir) = worker::oci_worker_record(&settings.root, oci)?;
+        let (record, config) = worker::oci_worker_record(&settings.root, oci)?;
         workers.push(record);
-        state_dir = Some(dir);
+        oci_config = Some(config);
     }
     if settings.containerd == Some(true) {
         tracing::warn!("the containerd worker is not implemented yet; it is not started");
@@ -98,13 +98,22 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         .set_serving::<ControlServer<control::ControlService>>()
         .await;
     let sessions = bk_session::SessionManager::new();
-    let state_dir = state_dir.context("no worker state directory")?;
+    let oci_config = oci_config.context("no worker state directory")?;
+    // Containers and mounts a killed daemon left go first: only then may
+    // the cache delete unfinished snapshot directories.
+    bk_worker_oci::OciWorker::recover(&oci_config)
+        .await
+        .context("worker start-up failed")?;
+    let state_dir = oci_config.state_dir.clone();
     let cache = tokio::task::spawn_blocking(move || bk_cache::CacheManager::open(&state_dir))
         .await
         .context("cache start-up failed")??;
     let max_parallelism = settings.oci.as_ref().and_then(|o| o.max_parallelism);
+    let oci_worker = bk_worker_oci::OciWorker::new(&oci_config, cache.clone(), sessions.clone())
+        .context("worker start-up failed")?;
+    let worker_stopper = oci_worker.stopper();
     let solver = bk_solver::Solver::new(
-        std::sync::Arc::new(bk_ops::SnapshotWorker::new(cache.clone(), sessions.clone())),
+        std::sync::Arc::new(oci_worker),
         std::sync::Arc::new(bk_ops::SnapshotResults::new(cache.clone())),
         max_parallelism,
     );
@@ -160,6 +169,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         tracing::warn!("calls still open after {SHUTDOWN_GRACE:?}; closing them");
         server.abort();
     }
+    // Canceled builds' steps kill their containers and unmount; wait for
+    // that, so nothing is left mounted when the process exits.
+    worker_stopper.shutdown(SHUTDOWN_GRACE).await;
     for path in socket_paths {
         let _ = std::fs::remove_file(path);
     }

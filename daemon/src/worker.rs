@@ -1,8 +1,8 @@
 //! The worker record that `ListWorkers` reports: a persistent id, the labels
 //! buildkitd sets, platforms and the GC policy.
 //!
-//! The OCI worker itself (snapshots, runc) arrives with its own crate; this
-//! module only describes it, so clients can connect and pick a worker now.
+//! The OCI worker itself (exec steps in runc) is `bk-worker-oci`; this
+//! module describes it and chooses its snapshotter and state directory.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -25,6 +25,8 @@ pub enum WorkerError {
         path: String,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Config(String),
 }
 
 /// Builds the OCI worker's record, creating its state directory and id on
@@ -33,8 +35,10 @@ pub enum WorkerError {
 pub fn oci_worker_record(
     root: &Path,
     s: &OciWorkerSettings,
-) -> Result<(WorkerRecord, std::path::PathBuf), WorkerError> {
-    let snapshotter = resolve_snapshotter(&s.snapshotter);
+) -> Result<(WorkerRecord, bk_worker_oci::OciWorkerConfig), WorkerError> {
+    let chosen = bk_worker_oci::Snapshotter::choose(&s.snapshotter, root)
+        .map_err(|e| WorkerError::Config(e.to_string()))?;
+    let snapshotter = chosen.name().to_string();
     let dir = root.join(format!("runc-{snapshotter}"));
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -103,21 +107,12 @@ pub fn oci_worker_record(
         buildkit_version: Some(crate::version::buildkit_version()),
         cdi_devices: Vec::new(),
     };
-    Ok((record, dir))
-}
-
-/// `auto` picks overlayfs where the kernel has it, else the native copier.
-fn resolve_snapshotter(name: &str) -> String {
-    if name != "auto" {
-        return name.to_string();
-    }
-    let has_overlay = std::fs::read_to_string("/proc/filesystems")
-        .map(|t| {
-            t.lines()
-                .any(|l| l.split_whitespace().last() == Some("overlay"))
-        })
-        .unwrap_or(false);
-    if has_overlay { "overlayfs" } else { "native" }.to_string()
+    let config = bk_worker_oci::OciWorkerConfig {
+        state_dir: dir,
+        runc_binary: s.binary.clone().into(),
+        snapshotter: chosen,
+    };
+    Ok((record, config))
 }
 
 fn worker_id(dir: &Path) -> Result<String, WorkerError> {

@@ -94,6 +94,8 @@ pub struct Bridge<R: ResultRef> {
     session_group: Vec<String>,
     cancel: CancellationToken,
     workers: Vec<WorkerRecord>,
+    /// What the build's `Solve` was granted (`network.host`, …).
+    entitlements: Vec<String>,
     refs: Mutex<HashMap<String, Arc<BridgeRef<R>>>>,
     returned: Mutex<Option<oneshot::Sender<Returned>>>,
 }
@@ -118,6 +120,7 @@ impl<R: ResultRef> Bridge<R> {
         session_group: Vec<String>,
         cancel: CancellationToken,
         workers: Vec<WorkerRecord>,
+        entitlements: Vec<String>,
     ) -> (Arc<Bridge<R>>, oneshot::Receiver<Returned>) {
         let (tx, rx) = oneshot::channel();
         let bridge = Arc::new(Bridge {
@@ -126,6 +129,7 @@ impl<R: ResultRef> Bridge<R> {
             session_group,
             cancel,
             workers,
+            entitlements,
             refs: Mutex::new(HashMap::new()),
             returned: Mutex::new(Some(tx)),
         });
@@ -152,7 +156,11 @@ impl<R: ResultRef> Bridge<R> {
         let result_kind = match req.definition.filter(|d| !d.def.is_empty()) {
             None => None,
             Some(definition) => {
-                Graph::decode(&definition).map_err(|e| Status::invalid_argument(e.to_string()))?;
+                let graph = Graph::decode(&definition)
+                    .map_err(|e| Status::invalid_argument(e.to_string()))?;
+                graph
+                    .check_entitlements(&self.entitlements)
+                    .map_err(Status::permission_denied)?;
                 let held = self.refs.lock().unwrap_or_else(|e| e.into_inner()).len();
                 if held >= MAX_REFS {
                     return Err(Status::resource_exhausted(format!(

@@ -1,0 +1,472 @@
+//! The OCI runtime spec (`config.json`) runc gets for one exec step.
+//!
+//! The defaults are those BuildKit's OCI worker inherits from containerd:
+//! the usual `/proc`, `/dev`, `/sys` mounts, fourteen capabilities, masked
+//! and read-only kernel paths, no new namespaces beyond pid, ipc, uts,
+//! mount and (unless host networking) network. `security.insecure` lifts the
+//! capability, path and device restrictions.
+
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::{
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxDeviceCgroupBuilder,
+    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResourcesBuilder, Mount, MountBuilder,
+    PosixRlimit, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec,
+    SpecBuilder, UserBuilder,
+};
+
+use crate::ExecError;
+
+/// Where the step's network lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Network {
+    /// A fresh network namespace with only loopback (the `sandbox` and
+    /// `none` modes: this worker has no bridge or CNI network).
+    Isolated,
+    /// The daemon's own network namespace (`network.host`).
+    Host,
+}
+
+/// A mount runc sets up inside the container.
+#[derive(Debug, Clone)]
+pub struct SpecMount {
+    pub destination: String,
+    pub kind: String,
+    pub source: PathBuf,
+    pub options: Vec<String>,
+}
+
+impl SpecMount {
+    /// A bind mount of a host path.
+    pub fn bind(source: &Path, destination: &str, readonly: bool) -> SpecMount {
+        let mut options = vec!["rbind".to_string()];
+        options.push(if readonly { "ro" } else { "rw" }.to_string());
+        SpecMount {
+            destination: destination.to_string(),
+            kind: "bind".to_string(),
+            source: source.to_path_buf(),
+            options,
+        }
+    }
+
+    /// A tmpfs of at most `size` bytes (0: the kernel's default, half of
+    /// memory).
+    pub fn tmpfs(destination: &str, size: i64) -> SpecMount {
+        let mut options: Vec<String> = ["nosuid", "nodev", "mode=1777"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        if size > 0 {
+            options.push(format!("size={size}"));
+        }
+        SpecMount {
+            destination: destination.to_string(),
+            kind: "tmpfs".to_string(),
+            source: PathBuf::from("tmpfs"),
+            options,
+        }
+    }
+}
+
+/// Everything that varies between steps.
+#[derive(Debug, Clone)]
+pub struct SpecParams {
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub additional_gids: Vec<u32>,
+    pub hostname: String,
+    pub rootfs: PathBuf,
+    pub readonly_rootfs: bool,
+    pub network: Network,
+    pub insecure: bool,
+    /// `(name, soft, hard)` as the LLB carries them (`nofile`, …).
+    pub ulimits: Vec<(String, i64, i64)>,
+    pub cgroups_path: String,
+    /// Mounts after the standard ones, parents before children.
+    pub mounts: Vec<SpecMount>,
+}
+
+const DEFAULT_CAPABILITIES: [Capability; 14] = [
+    Capability::Chown,
+    Capability::DacOverride,
+    Capability::Fsetid,
+    Capability::Fowner,
+    Capability::Mknod,
+    Capability::NetRaw,
+    Capability::Setgid,
+    Capability::Setuid,
+    Capability::Setfcap,
+    Capability::Setpcap,
+    Capability::NetBindService,
+    Capability::SysChroot,
+    Capability::Kill,
+    Capability::AuditWrite,
+];
+
+const MASKED_PATHS: [&str; 10] = [
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/sys/firmware",
+    "/proc/scsi",
+];
+
+const READONLY_PATHS: [&str; 6] = [
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+    "/sys/fs/cgroup",
+];
+
+fn spec_err(e: impl std::fmt::Display) -> ExecError {
+    ExecError::Spec(e.to_string())
+}
+
+fn mount(
+    destination: &str,
+    kind: &str,
+    source: &str,
+    options: &[&str],
+) -> Result<Mount, ExecError> {
+    MountBuilder::default()
+        .destination(destination)
+        .typ(kind)
+        .source(source)
+        .options(options.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .build()
+        .map_err(spec_err)
+}
+
+fn standard_mounts(insecure: bool) -> Result<Vec<Mount>, ExecError> {
+    let sys_mode = if insecure { "rw" } else { "ro" };
+    Ok(vec![
+        mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?,
+        mount(
+            "/dev",
+            "tmpfs",
+            "tmpfs",
+            &["nosuid", "strictatime", "mode=755", "size=65536k"],
+        )?,
+        mount(
+            "/dev/pts",
+            "devpts",
+            "devpts",
+            &[
+                "nosuid",
+                "noexec",
+                "newinstance",
+                "ptmxmode=0666",
+                "mode=0620",
+                "gid=5",
+            ],
+        )?,
+        mount(
+            "/dev/shm",
+            "tmpfs",
+            "shm",
+            &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+        )?,
+        mount(
+            "/dev/mqueue",
+            "mqueue",
+            "mqueue",
+            &["nosuid", "noexec", "nodev"],
+        )?,
+        mount(
+            "/sys",
+            "sysfs",
+            "sysfs",
+            &["nosuid", "noexec", "nodev", sys_mode],
+        )?,
+    ])
+}
+
+fn rlimit(name: &str, soft: i64, hard: i64) -> Result<PosixRlimit, ExecError> {
+    let typ: PosixRlimitType = serde_json::from_value(serde_json::Value::String(format!(
+        "RLIMIT_{}",
+        name.to_ascii_uppercase()
+    )))
+    .map_err(|_| ExecError::Invalid(format!("invalid ulimit name {name:?}")))?;
+    let (Ok(soft), Ok(hard)) = (u64::try_from(soft), u64::try_from(hard)) else {
+        return Err(ExecError::Invalid(format!(
+            "invalid ulimit {name}: negative value"
+        )));
+    };
+    if soft > hard {
+        return Err(ExecError::Invalid(format!(
+            "invalid ulimit {name}: soft limit {soft} above hard limit {hard}"
+        )));
+    }
+    PosixRlimitBuilder::default()
+        .typ(typ)
+        .soft(soft)
+        .hard(hard)
+        .build()
+        .map_err(spec_err)
+}
+
+/// Builds the spec.
+pub fn build(p: &SpecParams) -> Result<Spec, ExecError> {
+    let caps: std::collections::HashSet<Capability> = if p.insecure {
+        all_capabilities()
+    } else {
+        DEFAULT_CAPABILITIES.into_iter().collect()
+    };
+    let capabilities = LinuxCapabilitiesBuilder::default()
+        .bounding(caps.clone())
+        .effective(caps.clone())
+        .permitted(caps)
+        .build()
+        .map_err(spec_err)?;
+    let user = UserBuilder::default()
+        .uid(p.uid)
+        .gid(p.gid)
+        .additional_gids(p.additional_gids.clone())
+        .build()
+        .map_err(spec_err)?;
+    let rlimits = p
+        .ulimits
+        .iter()
+        .map(|(name, soft, hard)| rlimit(name, *soft, *hard))
+        .collect::<Result<Vec<_>, _>>()?;
+    let process = ProcessBuilder::default()
+        .terminal(false)
+        .user(user)
+        .args(p.args.clone())
+        .env(p.env.clone())
+        .cwd(p.cwd.clone())
+        .capabilities(capabilities)
+        .rlimits(rlimits)
+        .no_new_privileges(false)
+        .build()
+        .map_err(spec_err)?;
+
+    let mut namespaces = Vec::new();
+    let mut kinds = vec![
+        LinuxNamespaceType::Pid,
+        LinuxNamespaceType::Ipc,
+        LinuxNamespaceType::Uts,
+        LinuxNamespaceType::Mount,
+    ];
+    if p.network == Network::Isolated {
+        kinds.push(LinuxNamespaceType::Network);
+    }
+    for kind in kinds {
+        namespaces.push(
+            LinuxNamespaceBuilder::default()
+                .typ(kind)
+                .build()
+                .map_err(spec_err)?,
+        );
+    }
+    let devices = vec![
+        LinuxDeviceCgroupBuilder::default()
+            .allow(p.insecure)
+            .access("rwm")
+            .build()
+            .map_err(spec_err)?,
+    ];
+    let resources = LinuxResourcesBuilder::default()
+        .devices(devices)
+        .build()
+        .map_err(spec_err)?;
+    let mut linux = LinuxBuilder::default()
+        .namespaces(namespaces)
+        .resources(resources)
+        .cgroups_path(PathBuf::from(&p.cgroups_path));
+    if p.insecure {
+        // The builder's defaults would mask and protect paths.
+        linux = linux
+            .masked_paths(Vec::<String>::new())
+            .readonly_paths(Vec::<String>::new());
+    } else {
+        linux = linux
+            .masked_paths(
+                MASKED_PATHS
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect::<Vec<_>>(),
+            )
+            .readonly_paths(
+                READONLY_PATHS
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect::<Vec<_>>(),
+            );
+    }
+    let linux = linux.build().map_err(spec_err)?;
+
+    let mut mounts = standard_mounts(p.insecure)?;
+    for m in &p.mounts {
+        mounts.push(
+            MountBuilder::default()
+                .destination(&m.destination)
+                .typ(&m.kind)
+                .source(&m.source)
+                .options(m.options.clone())
+                .build()
+                .map_err(spec_err)?,
+        );
+    }
+    let root = RootBuilder::default()
+        .path(&p.rootfs)
+        .readonly(p.readonly_rootfs)
+        .build()
+        .map_err(spec_err)?;
+    SpecBuilder::default()
+        .version("1.0.2-dev")
+        .process(process)
+        .root(root)
+        .hostname(p.hostname.clone())
+        .mounts(mounts)
+        .linux(linux)
+        .build()
+        .map_err(spec_err)
+}
+
+fn all_capabilities() -> std::collections::HashSet<Capability> {
+    use Capability::*;
+    [
+        AuditControl,
+        AuditRead,
+        AuditWrite,
+        BlockSuspend,
+        Bpf,
+        CheckpointRestore,
+        Chown,
+        DacOverride,
+        DacReadSearch,
+        Fowner,
+        Fsetid,
+        IpcLock,
+        IpcOwner,
+        Kill,
+        Lease,
+        LinuxImmutable,
+        MacAdmin,
+        MacOverride,
+        Mknod,
+        NetAdmin,
+        NetBindService,
+        NetBroadcast,
+        NetRaw,
+        Perfmon,
+        Setgid,
+        Setfcap,
+        Setpcap,
+        Setuid,
+        SysAdmin,
+        SysBoot,
+        SysChroot,
+        SysModule,
+        SysNice,
+        SysPacct,
+        SysPtrace,
+        SysRawio,
+        SysResource,
+        SysTime,
+        SysTtyConfig,
+        Syslog,
+        WakeAlarm,
+    ]
+    .into_iter()
+    .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params() -> SpecParams {
+        SpecParams {
+            args: vec!["/bin/sh".into(), "-c".into(), "true".into()],
+            env: vec!["PATH=/bin".into()],
+            cwd: "/work".into(),
+            uid: 1000,
+            gid: 1000,
+            additional_gids: vec![10],
+            hostname: "buildkitsandbox".into(),
+            rootfs: PathBuf::from("/tmp/rootfs"),
+            readonly_rootfs: false,
+            network: Network::Isolated,
+            insecure: false,
+            ulimits: vec![("nofile".into(), 1024, 2048)],
+            cgroups_path: "/buildkit/x".into(),
+            mounts: vec![SpecMount::tmpfs("/tmp", 1 << 20)],
+        }
+    }
+
+    #[test]
+    fn sandboxed_spec() {
+        let spec = build(&params()).unwrap();
+        let json = serde_json::to_value(&spec).unwrap();
+        assert_eq!(json["process"]["args"][2], "true");
+        assert_eq!(json["process"]["user"]["uid"], 1000);
+        assert_eq!(json["process"]["user"]["additionalGids"][0], 10);
+        assert_eq!(json["process"]["rlimits"][0]["type"], "RLIMIT_NOFILE");
+        assert_eq!(json["hostname"], "buildkitsandbox");
+        let ns: Vec<&str> = json["linux"]["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["type"].as_str().unwrap())
+            .collect();
+        assert!(ns.contains(&"network"));
+        let caps = json["process"]["capabilities"]["bounding"]
+            .as_array()
+            .unwrap();
+        assert_eq!(caps.len(), 14);
+        assert!(!caps.iter().any(|c| c == "CAP_SYS_ADMIN"));
+        let last = json["mounts"].as_array().unwrap().last().unwrap().clone();
+        assert_eq!(last["destination"], "/tmp");
+        assert!(
+            last["options"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|o| o == "size=1048576")
+        );
+    }
+
+    #[test]
+    fn host_and_insecure() {
+        let mut p = params();
+        p.network = Network::Host;
+        p.insecure = true;
+        let json = serde_json::to_value(build(&p).unwrap()).unwrap();
+        let ns = json["linux"]["namespaces"].as_array().unwrap();
+        assert!(!ns.iter().any(|n| n["type"] == "network"));
+        assert!(
+            json["process"]["capabilities"]["bounding"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c == "CAP_SYS_ADMIN")
+        );
+        assert!(
+            json["linux"]
+                .get("maskedPaths")
+                .and_then(|m| m.as_array())
+                .is_none_or(|m| m.is_empty())
+        );
+    }
+
+    #[test]
+    fn bad_ulimits() {
+        let mut p = params();
+        p.ulimits = vec![("bogus".into(), 1, 1)];
+        assert!(build(&p).unwrap_err().to_string().contains("bogus"));
+        p.ulimits = vec![("nofile".into(), 10, 1)];
+        assert!(build(&p).is_err());
+    }
+}
