@@ -83,43 +83,29 @@ pub struct ExecUser {
     pub additional_gids: Vec<u32>,
 }
 
-/// Resolves an exec op's `user` (`uid[:gid]`, or `name[:group]` from the
-/// tree's `/etc/passwd` and `/etc/group`) as BuildKit's executor does:
-/// numeric forms need no files (a lone uid runs with gid 0); a name that no
-/// file lists is an error; a number that no file lists is used as given.
+/// Resolves an exec op's `user` as BuildKit's executor does (moby/sys/user
+/// rules): `uid:gid` in numbers needs no files; anything else is looked up
+/// in the tree's `/etc/passwd` (a name it lacks is an error, a number it
+/// lacks is used as given, with gid 0) and `/etc/group`. Without an explicit
+/// group, the supplementary groups are the user's primary group and those
+/// listing the user as a member, in file order. `""` is user `0`.
 pub fn resolve_exec_user(root: &Path, spec: &str) -> Result<ExecUser, FileOpError> {
     let numeric = |s: &str| -> Option<u32> {
         (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
             .then(|| s.parse().ok())
             .flatten()
     };
+    let spec = if spec.is_empty() { "0" } else { spec };
     let (user, group) = match spec.split_once(':') {
         Some((u, g)) => (u, Some(g)),
         None => (spec, None),
     };
-    if spec.is_empty() {
+    if let (Some(uid), Some(Some(gid))) = (numeric(user), group.map(numeric)) {
         return Ok(ExecUser {
-            uid: 0,
-            gid: 0,
+            uid,
+            gid,
             additional_gids: Vec::new(),
         });
-    }
-    match (numeric(user), group.map(numeric)) {
-        (Some(uid), None) => {
-            return Ok(ExecUser {
-                uid,
-                gid: 0,
-                additional_gids: Vec::new(),
-            });
-        }
-        (Some(uid), Some(Some(gid))) => {
-            return Ok(ExecUser {
-                uid,
-                gid,
-                additional_gids: Vec::new(),
-            });
-        }
-        _ => {}
     }
     let passwd = read_user_file(root, b"/etc/passwd")?.unwrap_or_default();
     let mut found = None;
@@ -153,6 +139,7 @@ pub fn resolve_exec_user(root: &Path, spec: &str) -> Result<ExecUser, FileOpErro
                 .get(3)
                 .map(|m| {
                     m.split(|&b| b == b',')
+                        .map(<[u8]>::trim_ascii)
                         .filter(|s| !s.is_empty())
                         .map(<[u8]>::to_vec)
                         .collect()
@@ -180,14 +167,13 @@ pub fn resolve_exec_user(root: &Path, spec: &str) -> Result<ExecUser, FileOpErro
                 }
             };
         }
-        None if !name.is_empty() => {
+        None => {
             for (_, g, members) in &entries {
-                if members.contains(&name) && !additional_gids.contains(g) {
+                if *g == gid || (!name.is_empty() && members.contains(&name)) {
                     additional_gids.push(*g);
                 }
             }
         }
-        None => {}
     }
     Ok(ExecUser {
         uid,
@@ -386,10 +372,11 @@ mod tests {
             gid,
             additional_gids: extra.to_vec(),
         };
-        assert_eq!(u("").unwrap(), eu(0, 0, &[]));
-        assert_eq!(u("1234").unwrap(), eu(1234, 0, &[]));
+        assert_eq!(u("").unwrap(), eu(0, 0, &[0]));
+        assert_eq!(u("1234").unwrap(), eu(1234, 0, &[0]));
+        assert_eq!(u("1000").unwrap(), eu(1000, 1001, &[1001, 10, 29]));
         assert_eq!(u("1234:55").unwrap(), eu(1234, 55, &[]));
-        assert_eq!(u("user").unwrap(), eu(1000, 1001, &[10, 29]));
+        assert_eq!(u("user").unwrap(), eu(1000, 1001, &[1001, 10, 29]));
         assert_eq!(u("user:wheel").unwrap(), eu(1000, 10, &[]));
         assert_eq!(u("user:77").unwrap(), eu(1000, 77, &[]));
         assert_eq!(u("1000:staff").unwrap(), eu(1000, 1001, &[]));
@@ -406,10 +393,7 @@ mod tests {
                 .contains("unable to find group nogroup")
         );
         let empty = crate::testutil::tempdir();
-        assert_eq!(
-            resolve_exec_user(&empty, "5:6").unwrap(),
-            eu(5, 6, &[])
-        );
+        assert_eq!(resolve_exec_user(&empty, "5:6").unwrap(), eu(5, 6, &[]));
         assert!(resolve_exec_user(&empty, "app").is_err());
     }
 

@@ -52,10 +52,8 @@ impl SpecMount {
     /// A tmpfs of at most `size` bytes (0: the kernel's default, half of
     /// memory).
     pub fn tmpfs(destination: &str, size: i64) -> SpecMount {
-        let mut options: Vec<String> = ["nosuid", "nodev", "mode=1777"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        // As BuildKit mounts them: only nosuid.
+        let mut options = vec!["nosuid".to_string()];
         if size > 0 {
             options.push(format!("size={size}"));
         }
