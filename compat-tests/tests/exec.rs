@@ -707,3 +707,45 @@ async fn ssh_agent_sockets_are_mounted_as_asked() {
         .unwrap_err();
     assert!(err.contains("ssh") || err.contains("SSH"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_stopped_mid_step_leaves_nothing_running() {
+    let mut daemon = start("auto");
+    let ctx = tempfile::tempdir().unwrap();
+    make_rootfs(ctx.path());
+    // A marker no other test's process has.
+    let def = sh(&rootfs(), "echo sleeping; exec sleep 997")
+        .finish()
+        .root()
+        .marshal();
+    let recorded = Recorded::default();
+    let sink = recorded.0.clone();
+    let client = daemon.client().await;
+    let mut flags = BuildFlags::default();
+    flags.local.push(format!("rootfs={}", ctx.path().display()));
+    let prepared = flags
+        .to_request(Some(def), &random("ref"), &random("session"))
+        .unwrap();
+    let task = tokio::spawn(async move {
+        client
+            .build(prepared, move |u| sink.lock().unwrap().push(u))
+            .await
+    });
+    assert!(wait_for(Duration::from_secs(30), || recorded.logs().contains("sleeping")).await);
+    // SIGTERM; `stop` also fails on any mount left under the root.
+    let stop = tokio::task::spawn_blocking(move || {
+        daemon.stop();
+        daemon
+    });
+    let daemon = stop.await.unwrap();
+    assert!(task.await.unwrap().is_err(), "the build cannot succeed");
+    assert!(runc_list(&daemon).is_empty());
+    let survivors = std::process::Command::new("pgrep")
+        .args(["-f", "sleep 997"])
+        .output()
+        .unwrap();
+    assert!(
+        survivors.stdout.is_empty(),
+        "step processes outlived the daemon"
+    );
+}

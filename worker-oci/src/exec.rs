@@ -639,6 +639,7 @@ impl Step {
         let status = tokio::select! {
             status = child.wait() => Some(status.map_err(|e| ExecError::Runtime(format!("waiting for runc: {e}")))?),
             _ = self.cancel.cancelled() => None,
+            _ = self.shared.stopping.cancelled() => None,
         };
         let status = match status {
             Some(s) => s,

@@ -115,6 +115,8 @@ pub(crate) struct Shared {
     pub(crate) executor_dir: PathBuf,
     pub(crate) cache_mounts: cachemounts::CacheMounts,
     pub(crate) tasks: TaskTracker,
+    /// Canceled at shutdown: running steps kill their containers.
+    pub(crate) stopping: tokio_util::sync::CancellationToken,
 }
 
 /// Where the worker keeps its state, beside the snapshot cache.
@@ -177,6 +179,7 @@ impl OciWorker {
             executor_dir,
             cache_mounts: cachemounts::CacheMounts::default(),
             tasks: TaskTracker::new(),
+            stopping: tokio_util::sync::CancellationToken::new(),
         });
         Ok(OciWorker {
             snapshots: bk_ops::SnapshotWorker::new(cache, sessions),
@@ -199,15 +202,21 @@ pub struct WorkerStopper {
 }
 
 impl WorkerStopper {
-    /// Waits (at most `grace`) for running steps to finish their clean-up
-    /// after their builds were canceled, then unmounts whatever remains.
+    /// Stops running steps (their containers are killed), waits at most
+    /// `grace` for their clean-up, then removes any container and mount
+    /// still there: the daemon leaves nothing running or mounted.
     pub async fn shutdown(&self, grace: std::time::Duration) {
+        self.shared.stopping.cancel();
         self.shared.tasks.close();
         if tokio::time::timeout(grace, self.shared.tasks.wait())
             .await
             .is_err()
         {
             tracing::warn!("exec steps still running at shutdown");
+        }
+        for id in self.shared.runc.list().await.unwrap_or_default() {
+            self.shared.runc.kill(&id).await;
+            self.shared.runc.delete(&id).await;
         }
         let dir = self.shared.executor_dir.clone();
         let _ = tokio::task::spawn_blocking(move || mounts::unmount_all_under(&dir)).await;
