@@ -535,6 +535,26 @@ async fn host_network_needs_its_entitlement() {
         read(out.path().join("links")).trim(),
         host_links.to_string()
     );
+    drop(daemon);
+
+    // A worker set to host networking gives it to sandboxed steps, with no
+    // entitlement; `--network=none` still isolates.
+    let daemon = Daemon::start(DaemonOptions {
+        args: vec!["--oci-worker-net=host".into()],
+        ..Default::default()
+    });
+    let sandboxed = sh(&rootfs(), "ip -o link | wc -l > /links").finish();
+    let isolated = sh(&sandboxed.root(), "ip -o link | wc -l > /links-none")
+        .network(pb::NetMode::None)
+        .finish();
+    let out = tempfile::tempdir().unwrap();
+    Build::new(&daemon, ctx.path())
+        .run(isolated.root().marshal(), Some(out.path()))
+        .await
+        .0
+        .unwrap();
+    assert_eq!(read(out.path().join("links")).trim(), host_links.to_string());
+    assert_eq!(read(out.path().join("links-none")).trim(), "1");
 }
 
 /// Waits until `cond` holds, for at most `limit`.

@@ -54,11 +54,16 @@ pub fn oci_worker_record(
         .nodename()
         .to_string_lossy()
         .into_owned();
-    let network = match s.network_mode.as_str() {
-        "auto" if s.cni_config_path.exists() => "cni".to_string(),
-        "auto" => "host".to_string(),
-        other => other.to_string(),
-    };
+    // What sandboxed steps get: the host's network when asked for, else a
+    // namespace of their own with loopback only (no CNI or bridge here).
+    let host_network = s.network_mode == "host";
+    let network = if host_network { "host" } else { "none" }.to_string();
+    if !matches!(s.network_mode.as_str(), "host" | "auto" | "none") {
+        tracing::warn!(
+            mode = %s.network_mode,
+            "this network mode is not supported: steps get a network namespace with loopback only"
+        );
+    }
     let mut labels = BTreeMap::new();
     for (key, value) in [
         ("executor", "oci".to_string()),
@@ -111,6 +116,7 @@ pub fn oci_worker_record(
         state_dir: dir,
         runc_binary: s.binary.clone().into(),
         snapshotter: chosen,
+        host_network,
     };
     Ok((record, config))
 }

@@ -223,6 +223,7 @@ impl Step {
         };
         let network = match pb::NetMode::try_from(self.exec.network) {
             Ok(pb::NetMode::Host) => Network::Host,
+            Ok(pb::NetMode::Unset) if self.shared.host_network => Network::Host,
             Ok(_) => Network::Isolated,
             Err(_) => {
                 return Err(invalid(format!(

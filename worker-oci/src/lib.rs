@@ -113,6 +113,7 @@ pub(crate) struct Shared {
     pub(crate) runc: runc::Runc,
     pub(crate) snapshotter: Snapshotter,
     pub(crate) executor_dir: PathBuf,
+    pub(crate) host_network: bool,
     pub(crate) cache_mounts: cachemounts::CacheMounts,
     pub(crate) tasks: TaskTracker,
     /// Canceled at shutdown: running steps kill their containers.
@@ -126,6 +127,9 @@ pub struct OciWorkerConfig {
     pub state_dir: PathBuf,
     pub runc_binary: PathBuf,
     pub snapshotter: Snapshotter,
+    /// Sandboxed steps (network mode unset) share the host's network
+    /// (`--oci-worker-net=host`); otherwise they get loopback only.
+    pub host_network: bool,
 }
 
 /// The solver's worker with exec support.
@@ -177,6 +181,7 @@ impl OciWorker {
             runc: runc::Runc::new(&config.runc_binary, config.state_dir.join("runc")),
             snapshotter: config.snapshotter,
             executor_dir,
+            host_network: config.host_network,
             cache_mounts: cachemounts::CacheMounts::default(),
             tasks: TaskTracker::new(),
             stopping: tokio_util::sync::CancellationToken::new(),
