@@ -553,7 +553,10 @@ async fn host_network_needs_its_entitlement() {
         .await
         .0
         .unwrap();
-    assert_eq!(read(out.path().join("links")).trim(), host_links.to_string());
+    assert_eq!(
+        read(out.path().join("links")).trim(),
+        host_links.to_string()
+    );
     assert_eq!(read(out.path().join("links-none")).trim(), "1");
 }
 
@@ -661,8 +664,9 @@ async fn a_daemon_killed_mid_step_leaves_nothing_after_restart() {
     );
     assert!(
         mounts_under(&daemon.root).is_empty(),
-        "{:?}",
-        mounts_under(&daemon.root)
+        "{:?}\n{}",
+        mounts_under(&daemon.root),
+        daemon.log_text()
     );
     // And the daemon still builds.
     let def = sh(&rootfs(), "echo ok > /ok").finish().root().marshal();
@@ -751,7 +755,12 @@ async fn a_daemon_stopped_mid_step_leaves_nothing_running() {
             .build(prepared, move |u| sink.lock().unwrap().push(u))
             .await
     });
-    assert!(wait_for(Duration::from_secs(30), || recorded.logs().contains("sleeping")).await);
+    assert!(
+        wait_for(Duration::from_secs(30), || recorded
+            .logs()
+            .contains("sleeping"))
+        .await
+    );
     // SIGTERM; `stop` also fails on any mount left under the root.
     let stop = tokio::task::spawn_blocking(move || {
         daemon.stop();

@@ -51,6 +51,8 @@ pub struct OciWorkerSettings {
     pub selinux: bool,
     pub apparmor_profile: Option<String>,
     pub binary: String,
+    /// `[worker.oci] defaultCgroupParent`: where steps' cgroups go.
+    pub cgroup_parent: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -295,6 +297,7 @@ fn oci_settings(
             .clone()
             .or_else(|| cfg.binary.clone())
             .unwrap_or_else(|| "runc".to_string()),
+        cgroup_parent: cfg.default_cgroup_parent.clone().filter(|p| !p.is_empty()),
     })
 }
 

@@ -117,6 +117,7 @@ pub fn oci_worker_record(
         runc_binary: s.binary.clone().into(),
         snapshotter: chosen,
         host_network,
+        cgroup_parent: s.cgroup_parent.clone(),
     };
     Ok((record, config))
 }

@@ -33,7 +33,9 @@ pub const FRONTEND_CAPS: &[&str] = &[
 /// LLB capabilities the solver and its ops implement.
 pub const LLB_CAPS: &[&str] = &[
     "constraints",
+    "exec.cgroup",
     "exec.meta.base",
+    "exec.meta.cgroup.parent",
     "exec.meta.network",
     "exec.meta.proxyenv",
     "exec.meta.removemountstubs.recursive",

@@ -348,7 +348,12 @@ impl Step {
                 .iter()
                 .map(|u| (u.name.clone(), u.soft, u.hard))
                 .collect(),
-            cgroups_path: format!("/buildkit/{id}"),
+            cgroups_path: cgroups_path(
+                Some(meta.cgroup_parent.as_str())
+                    .filter(|p| !p.is_empty())
+                    .or(self.shared.cgroup_parent.as_deref()),
+                id,
+            ),
             mounts: spec_mounts,
         };
         let spec = crate::spec::build(&params)?;
@@ -867,6 +872,24 @@ fn remove_stubs(root: &Path, stubs: &[String]) {
     }
 }
 
+/// Where a step's cgroup goes, as BuildKit places it: under
+/// `<parent>/buildkit/`, a systemd slice (`name.slice:prefix:`) taken as
+/// given, `/buildkit/` without a parent.
+fn cgroups_path(parent: Option<&str>, id: &str) -> String {
+    match parent {
+        Some(p) if p.contains(".slice") && p.ends_with(':') => format!("{p}{id}"),
+        Some(p) => {
+            let trimmed = p.trim_matches('/');
+            if trimmed.is_empty() {
+                format!("/buildkit/{id}")
+            } else {
+                format!("/{trimmed}/buildkit/{id}")
+            }
+        }
+        None => format!("/buildkit/{id}"),
+    }
+}
+
 /// `/etc/hosts` for a step.
 fn hosts_file(hostname: &str, extra: &[pb::HostIp]) -> Result<String, ExecError> {
     let mut out =
@@ -920,6 +943,17 @@ fn resolv_conf(host_network: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cgroup_paths() {
+        assert_eq!(cgroups_path(None, "x"), "/buildkit/x");
+        assert_eq!(cgroups_path(Some("/app"), "x"), "/app/buildkit/x");
+        assert_eq!(cgroups_path(Some("a/b/"), "x"), "/a/b/buildkit/x");
+        assert_eq!(
+            cgroups_path(Some("system.slice:buildkit:"), "x"),
+            "system.slice:buildkit:x"
+        );
+    }
 
     #[test]
     fn hosts() {

@@ -114,6 +114,7 @@ pub(crate) struct Shared {
     pub(crate) snapshotter: Snapshotter,
     pub(crate) executor_dir: PathBuf,
     pub(crate) host_network: bool,
+    pub(crate) cgroup_parent: Option<String>,
     pub(crate) cache_mounts: cachemounts::CacheMounts,
     pub(crate) tasks: TaskTracker,
     /// Canceled at shutdown: running steps kill their containers.
@@ -130,6 +131,9 @@ pub struct OciWorkerConfig {
     /// Sandboxed steps (network mode unset) share the host's network
     /// (`--oci-worker-net=host`); otherwise they get loopback only.
     pub host_network: bool,
+    /// The cgroup steps' cgroups go under (`defaultCgroupParent`); an exec
+    /// op's own `cgroupParent` wins.
+    pub cgroup_parent: Option<String>,
 }
 
 /// The solver's worker with exec support.
@@ -145,18 +149,34 @@ impl OciWorker {
     /// before anything deletes directories.
     pub async fn recover(config: &OciWorkerConfig) -> Result<(), ExecError> {
         let runc = runc::Runc::new(&config.runc_binary, config.state_dir.join("runc"));
-        for id in runc.list().await.unwrap_or_default() {
-            tracing::info!(container = %id, "removing a container left by an earlier run");
-            runc.kill(&id).await;
-            runc.delete(&id).await;
-        }
-        let dir = config.state_dir.clone();
-        tokio::task::spawn_blocking(move || -> Result<(), ExecError> {
-            let n = mounts::unmount_all_under(&dir).map_err(|e| ExecError::Io(e.to_string()))?;
-            if n > 0 {
-                tracing::info!(mounts = n, "unmounted what an earlier run left");
+        // A container may still be dying while its mounts go: repeat until
+        // nothing is running or mounted.
+        for round in 0..5 {
+            for id in runc.list().await.unwrap_or_default() {
+                tracing::info!(container = %id, "removing a container left by an earlier run");
+                runc.kill(&id).await;
+                runc.delete(&id).await;
             }
-            let executor = dir.join("executor");
+            let dir = config.state_dir.clone();
+            let left = tokio::task::spawn_blocking(move || -> Result<usize, ExecError> {
+                let n = mounts::unmount_all_under(&dir).map_err(|e| ExecError::Io(e.to_string()))?;
+                if n > 0 {
+                    tracing::info!(mounts = n, "unmounted what an earlier run left");
+                }
+                Ok(mounts::mounts_under(&dir)
+                    .map_err(|e| ExecError::Io(e.to_string()))?
+                    .len())
+            })
+            .await
+            .map_err(|e| ExecError::Io(e.to_string()))?;
+            match left {
+                Ok(0) if runc.list().await.unwrap_or_default().is_empty() => break,
+                Err(e) if round == 4 => return Err(e),
+                _ => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+            }
+        }
+        let executor = config.state_dir.join("executor");
+        tokio::task::spawn_blocking(move || {
             if executor.exists() {
                 std::fs::remove_dir_all(&executor)
                     .map_err(|e| ExecError::Io(format!("remove {}: {e}", executor.display())))?;
@@ -182,6 +202,7 @@ impl OciWorker {
             snapshotter: config.snapshotter,
             executor_dir,
             host_network: config.host_network,
+            cgroup_parent: config.cgroup_parent.clone(),
             cache_mounts: cachemounts::CacheMounts::default(),
             tasks: TaskTracker::new(),
             stopping: tokio_util::sync::CancellationToken::new(),

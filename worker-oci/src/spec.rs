@@ -186,6 +186,12 @@ fn standard_mounts(insecure: bool) -> Result<Vec<Mount>, ExecError> {
             "sysfs",
             &["nosuid", "noexec", "nodev", sys_mode],
         )?,
+        mount(
+            "/sys/fs/cgroup",
+            "cgroup",
+            "cgroup",
+            &["ro", "nosuid", "noexec", "nodev"],
+        )?,
     ])
 }
 
