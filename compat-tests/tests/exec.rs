@@ -778,3 +778,52 @@ async fn a_daemon_stopped_mid_step_leaves_nothing_running() {
         "step processes outlived the daemon"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn insecure_steps_need_their_entitlement() {
+    let ctx = tempfile::tempdir().unwrap();
+    make_rootfs(ctx.path());
+    let step = |security| {
+        sh(&rootfs(), "grep CapEff /proc/self/status > /caps")
+            .security(security)
+            .finish()
+            .root()
+            .marshal()
+    };
+    let daemon = start("auto");
+    let err = Build::new(&daemon, ctx.path())
+        .run(step(pb::SecurityMode::Insecure), None)
+        .await
+        .0
+        .unwrap_err();
+    assert!(err.contains("security.insecure is not allowed"), "{err}");
+    drop(daemon);
+
+    let daemon = Daemon::start(DaemonOptions {
+        args: vec!["--allow-insecure-entitlement=security.insecure".into()],
+        ..Default::default()
+    });
+    let caps = |out: &Path| {
+        read(out.join("caps"))
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .to_string()
+    };
+    let sandboxed = tempfile::tempdir().unwrap();
+    Build::new(&daemon, ctx.path())
+        .run(step(pb::SecurityMode::Sandbox), Some(sandboxed.path()))
+        .await
+        .0
+        .unwrap();
+    let insecure = tempfile::tempdir().unwrap();
+    let mut build = Build::new(&daemon, ctx.path());
+    build.flags.allow.push("security.insecure".into());
+    let (result, recorded) = build
+        .run(step(pb::SecurityMode::Insecure), Some(insecure.path()))
+        .await;
+    result.unwrap_or_else(|e| panic!("{e}\n{}", recorded.logs()));
+    // Sandboxed: BuildKit's fourteen capabilities; insecure: all of them.
+    assert_eq!(caps(sandboxed.path()), "00000000a80425fb");
+    assert_ne!(caps(insecure.path()), caps(sandboxed.path()));
+}

@@ -89,7 +89,10 @@ pub fn oci_worker_record(
     labels.extend(s.labels.clone());
 
     let platforms = if s.platforms.is_empty() {
-        native_platforms()
+        let mut platforms = native_platforms();
+        let emulated = emulated_platforms(Path::new(BINFMT_MISC_DIR), &platforms);
+        platforms.extend(emulated);
+        platforms
     } else {
         // Validated when settings were resolved.
         s.platforms
@@ -118,6 +121,8 @@ pub fn oci_worker_record(
         snapshotter: chosen,
         host_network,
         cgroup_parent: s.cgroup_parent.clone(),
+        no_process_sandbox: s.no_process_sandbox,
+        apparmor_profile: s.apparmor_profile.clone(),
     };
     Ok((record, config))
 }
@@ -181,8 +186,8 @@ pub fn parse_platform(text: &str) -> Result<Platform, String> {
     })
 }
 
-/// The platforms this machine runs natively, the default first. Emulated
-/// platforms (binfmt_misc) are added by the OCI worker once it can test them.
+/// The platforms this machine runs natively, the default first. Platforms it
+/// runs through emulators come from [`emulated_platforms`].
 pub fn native_platforms() -> Vec<Platform> {
     let arch = match std::env::consts::ARCH {
         "x86_64" => "amd64",
@@ -234,6 +239,133 @@ pub fn native_platforms() -> Vec<Platform> {
         }
     }
     out
+}
+
+/// Where the kernel lists the binfmt_misc handlers (e.g. qemu-user-static).
+const BINFMT_MISC_DIR: &str = "/proc/sys/fs/binfmt_misc";
+
+/// The platforms this machine can run through binfmt_misc emulators, read
+/// from `dir` (normally [`BINFMT_MISC_DIR`]), sorted and without those in
+/// `native`. BuildKit lists emulated platforms in the worker record so that
+/// clients can pick them (`--platform linux/arm64` on an amd64 host).
+///
+/// Each handler is identified by the ELF machine, class and byte order in its
+/// magic rather than by its name. Disabled handlers, and handlers whose
+/// interpreter is missing and was not opened at registration (no `F` flag),
+/// are left out since nothing could run through them. A missing or
+/// unreadable directory, or binfmt_misc switched off, gives nothing.
+pub fn emulated_platforms(dir: &Path, native: &[Platform]) -> Vec<Platform> {
+    if let Ok(status) = std::fs::read_to_string(dir.join("status"))
+        && status.trim() == "disabled"
+    {
+        return Vec::new();
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let key = |p: &Platform| (p.os.clone(), p.architecture.clone(), p.variant.clone());
+    let mut out: Vec<Platform> = entries
+        .filter_map(Result::ok)
+        .filter(|e| !matches!(e.file_name().to_str(), Some("register" | "status")))
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .flat_map(|text| binfmt_entry_platforms(&text))
+        .filter(|p| !native.iter().any(|n| key(n) == key(p)))
+        .collect();
+    out.sort_by_key(key);
+    out.dedup_by(|a, b| key(a) == key(b));
+    out
+}
+
+/// The platforms one binfmt_misc entry file makes runnable; empty when it is
+/// disabled, unusable, not an ELF handler or not understood.
+fn binfmt_entry_platforms(text: &str) -> Vec<Platform> {
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    if lines.next() != Some("enabled") {
+        return Vec::new();
+    }
+    let (mut interpreter, mut flags, mut offset, mut magic, mut mask) = (None, "", "0", None, None);
+    for line in lines {
+        let (key, value) = line.split_once(' ').unwrap_or((line, ""));
+        let value = value.trim();
+        match key.trim_end_matches(':') {
+            "interpreter" => interpreter = Some(value),
+            "flags" => flags = value,
+            "offset" => offset = value,
+            "magic" => magic = decode_hex(value),
+            "mask" => mask = Some(decode_hex(value)),
+            _ => {}
+        }
+    }
+    let Some(interpreter) = interpreter else {
+        return Vec::new();
+    };
+    if !flags.contains('F') && !Path::new(interpreter).exists() {
+        return Vec::new();
+    }
+    // The magic must be the start of an ELF header for its bytes to mean
+    // class, byte order and machine.
+    if offset != "0" {
+        return Vec::new();
+    }
+    let Some(magic) = magic else {
+        return Vec::new();
+    };
+    if magic.len() < 20 || magic[..4] != [0x7f, b'E', b'L', b'F'] {
+        return Vec::new();
+    }
+    // A mask that blurs the bytes read below would match several platforms.
+    match mask {
+        None => {}
+        Some(Some(mask)) if mask.len() >= 20 && [4, 5, 18, 19].iter().all(|&i| mask[i] == 0xff) => {
+        }
+        Some(_) => return Vec::new(),
+    }
+    const ELFCLASS32: u8 = 1;
+    const ELFCLASS64: u8 = 2;
+    const LITTLE: u8 = 1;
+    const BIG: u8 = 2;
+    let (class, data) = (magic[4], magic[5]);
+    let machine = match data {
+        LITTLE => u16::from_le_bytes([magic[18], magic[19]]),
+        BIG => u16::from_be_bytes([magic[18], magic[19]]),
+        _ => return Vec::new(),
+    };
+    let names: &[(&str, &str)] = match (machine, class, data) {
+        (0x03, ELFCLASS32, LITTLE) => &[("386", "")],
+        (0x3e, ELFCLASS64, LITTLE) => &[("amd64", "")],
+        (0xb7, ELFCLASS64, LITTLE) => &[("arm64", "")],
+        // qemu-arm runs both; BuildKit reports both.
+        (0x28, ELFCLASS32, LITTLE) => &[("arm", "v7"), ("arm", "v6")],
+        (0xf3, ELFCLASS64, LITTLE) => &[("riscv64", "")],
+        (0x15, ELFCLASS64, LITTLE) => &[("ppc64le", "")],
+        (0x15, ELFCLASS64, BIG) => &[("ppc64", "")],
+        (0x16, ELFCLASS64, BIG) => &[("s390x", "")],
+        (0x08, ELFCLASS64, LITTLE) => &[("mips64le", "")],
+        (0x08, ELFCLASS64, BIG) => &[("mips64", "")],
+        (0x102, ELFCLASS64, LITTLE) => &[("loong64", "")],
+        _ => &[],
+    };
+    names
+        .iter()
+        .map(|(arch, variant)| Platform {
+            architecture: arch.to_string(),
+            os: "linux".to_string(),
+            variant: variant.to_string(),
+            os_version: String::new(),
+            os_features: Vec::new(),
+        })
+        .collect()
+}
+
+/// Decodes a string of hex digit pairs, as binfmt_misc prints magics.
+fn decode_hex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    text.as_bytes()
+        .chunks(2)
+        .map(|pair| u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok())
+        .collect()
 }
 
 /// Formats a platform as `os/arch[/variant]`.
@@ -376,6 +508,102 @@ mod tests {
         assert!(parse_platform("a/b/c/d").is_err());
         assert!(parse_platform("/amd64").is_err());
         assert_eq!(native_platforms()[0].os, "linux");
+    }
+
+    const AARCH64_MAGIC: &str = "7f454c460201010000000000000000000200b700";
+    const AARCH64_MASK: &str = "ffffffffffffff00fffffffffffffffffeffffff";
+
+    fn entry(enabled: &str, interpreter: &str, flags: &str, magic: &str) -> String {
+        format!(
+            "{enabled}\ninterpreter {interpreter}\nflags: {flags}\noffset 0\nmagic {magic}\nmask {AARCH64_MASK}\n"
+        )
+    }
+
+    fn names(platforms: &[Platform]) -> Vec<String> {
+        platforms.iter().map(format_platform).collect()
+    }
+
+    #[test]
+    fn binfmt_handlers_add_emulated_platforms() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+        let missing = "/nonexistent/qemu-static";
+        // Opened at registration (F), so usable though the path is gone.
+        write(
+            "qemu-aarch64",
+            &entry("enabled", missing, "F", AARCH64_MAGIC),
+        );
+        // Named oddly: the magic decides, not the name.
+        let riscv = "7f454c460201010000000000000000000200f300";
+        let present = dir.path().join("qemu-aarch64");
+        write(
+            "handler-x",
+            &entry("enabled", &present.display().to_string(), "", riscv),
+        );
+        // Missing interpreter and no F flag: nothing could run.
+        let arm = "7f454c4601010100000000000000000002002800";
+        write("qemu-arm", &entry("enabled", missing, "", arm));
+        let s390x = "7f454c4602020100000000000000000000020016";
+        write("qemu-s390x", &entry("disabled", missing, "F", s390x));
+        write("garbage", "enabled\ninterpreter\nmagic zz\n\u{0}\u{ff}");
+        std::fs::write(dir.path().join("binary"), [0xffu8, 0xfe, 0x00]).unwrap();
+        write("register", "");
+        write("status", "enabled\n");
+        // A native platform is not repeated.
+        let amd64 = "7f454c4602010100000000000000000002003e00";
+        write("qemu-x86_64", &entry("enabled", missing, "F", amd64));
+
+        let native = vec![parse_platform("linux/amd64").unwrap()];
+        assert_eq!(
+            names(&emulated_platforms(dir.path(), &native)),
+            ["linux/arm64", "linux/riscv64"]
+        );
+
+        // With F, the arm handler counts, as both variants.
+        write("qemu-arm", &entry("enabled", missing, "F", arm));
+        assert_eq!(
+            names(&emulated_platforms(dir.path(), &native)),
+            [
+                "linux/arm/v6",
+                "linux/arm/v7",
+                "linux/arm64",
+                "linux/riscv64"
+            ]
+        );
+
+        write("status", "disabled\n");
+        assert!(emulated_platforms(dir.path(), &native).is_empty());
+        assert!(emulated_platforms(&dir.path().join("absent"), &native).is_empty());
+    }
+
+    #[test]
+    fn binfmt_magic_maps_machines() {
+        let platform =
+            |magic: &str| names(&binfmt_entry_platforms(&entry("enabled", "/x", "F", magic)));
+        assert_eq!(
+            platform("7f454c4602020100000000000000000000020016"),
+            ["linux/s390x"]
+        );
+        assert_eq!(
+            platform("7f454c4602010100000000000000000002001500"),
+            ["linux/ppc64le"]
+        );
+        assert_eq!(
+            platform("7f454c4602010100000000000000000002000800"),
+            ["linux/mips64le"]
+        );
+        assert_eq!(
+            platform("7f454c4602010100000000000000000002000201"),
+            ["linux/loong64"]
+        );
+        assert_eq!(
+            platform("7f454c4601010100000000000000000002000300"),
+            ["linux/386"]
+        );
+        // Too short, not ELF, or unknown.
+        assert!(platform("7f454c46020101").is_empty());
+        assert!(platform("4d5a").is_empty());
+        assert!(platform("7f454c460201010000000000000000000200ffff").is_empty());
     }
 
     #[test]

@@ -343,6 +343,8 @@ impl Step {
             readonly_rootfs: self.exec.mounts[root_mount].readonly,
             network,
             insecure,
+            host_pid: self.shared.no_process_sandbox,
+            apparmor_profile: self.shared.apparmor_profile.clone(),
             ulimits: meta
                 .ulimit
                 .iter()
@@ -943,6 +945,35 @@ fn resolv_conf(host_network: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn step_output_is_clipped_at_the_limit() {
+        use bk_solver::progress::{Progress, VertexProgress};
+        use futures::StreamExt;
+        let progress = Progress::new();
+        let ctx = OpContext {
+            session_group: Arc::new(Vec::new()),
+            progress: VertexProgress {
+                progress: progress.clone(),
+                digest: Digest::of(b"vertex"),
+            },
+            cancel: CancellationToken::new(),
+        };
+        let budget = Arc::new(std::sync::atomic::AtomicUsize::new(LOG_LIMIT));
+        let output = vec![b'a'; LOG_LIMIT + 12345];
+        stream_logs(&output[..], 1, ctx, budget).await;
+        progress.finish();
+        let mut text = Vec::new();
+        let mut updates = progress.subscribe();
+        while let Some(u) = updates.next().await {
+            for l in u.logs {
+                text.extend_from_slice(&l.msg);
+            }
+        }
+        let note = b"\n[output clipped, log limit 2MiB reached]\n";
+        assert_eq!(text.len(), LOG_LIMIT + note.len());
+        assert!(text.ends_with(note));
+    }
 
     #[test]
     fn cgroup_paths() {

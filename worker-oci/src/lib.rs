@@ -115,6 +115,8 @@ pub(crate) struct Shared {
     pub(crate) executor_dir: PathBuf,
     pub(crate) host_network: bool,
     pub(crate) cgroup_parent: Option<String>,
+    pub(crate) no_process_sandbox: bool,
+    pub(crate) apparmor_profile: Option<String>,
     pub(crate) cache_mounts: cachemounts::CacheMounts,
     pub(crate) tasks: TaskTracker,
     /// Canceled at shutdown: running steps kill their containers.
@@ -134,6 +136,9 @@ pub struct OciWorkerConfig {
     /// The cgroup steps' cgroups go under (`defaultCgroupParent`); an exec
     /// op's own `cgroupParent` wins.
     pub cgroup_parent: Option<String>,
+    /// Steps share the daemon's pid namespace.
+    pub no_process_sandbox: bool,
+    pub apparmor_profile: Option<String>,
 }
 
 /// The solver's worker with exec support.
@@ -159,7 +164,8 @@ impl OciWorker {
             }
             let dir = config.state_dir.clone();
             let left = tokio::task::spawn_blocking(move || -> Result<usize, ExecError> {
-                let n = mounts::unmount_all_under(&dir).map_err(|e| ExecError::Io(e.to_string()))?;
+                let n =
+                    mounts::unmount_all_under(&dir).map_err(|e| ExecError::Io(e.to_string()))?;
                 if n > 0 {
                     tracing::info!(mounts = n, "unmounted what an earlier run left");
                 }
@@ -203,6 +209,8 @@ impl OciWorker {
             executor_dir,
             host_network: config.host_network,
             cgroup_parent: config.cgroup_parent.clone(),
+            no_process_sandbox: config.no_process_sandbox,
+            apparmor_profile: config.apparmor_profile.clone(),
             cache_mounts: cachemounts::CacheMounts::default(),
             tasks: TaskTracker::new(),
             stopping: tokio_util::sync::CancellationToken::new(),

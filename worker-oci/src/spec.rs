@@ -80,6 +80,11 @@ pub struct SpecParams {
     pub readonly_rootfs: bool,
     pub network: Network,
     pub insecure: bool,
+    /// `--oci-worker-no-process-sandbox`: steps share the daemon's pid
+    /// namespace (for rootless setups that cannot mount /proc).
+    pub host_pid: bool,
+    /// An AppArmor profile to confine steps with (not when insecure).
+    pub apparmor_profile: Option<String>,
     /// `(name, soft, hard)` as the LLB carries them (`nofile`, …).
     pub ulimits: Vec<(String, i64, i64)>,
     pub cgroups_path: String,
@@ -226,10 +231,13 @@ pub fn build(p: &SpecParams) -> Result<Spec, ExecError> {
     } else {
         DEFAULT_CAPABILITIES.into_iter().collect()
     };
+    // Inheritable and ambient stay empty, as BuildKit leaves them.
     let capabilities = LinuxCapabilitiesBuilder::default()
         .bounding(caps.clone())
         .effective(caps.clone())
         .permitted(caps)
+        .inheritable(std::collections::HashSet::new())
+        .ambient(std::collections::HashSet::new())
         .build()
         .map_err(spec_err)?;
     let user = UserBuilder::default()
@@ -243,7 +251,7 @@ pub fn build(p: &SpecParams) -> Result<Spec, ExecError> {
         .iter()
         .map(|(name, soft, hard)| rlimit(name, *soft, *hard))
         .collect::<Result<Vec<_>, _>>()?;
-    let process = ProcessBuilder::default()
+    let mut process = ProcessBuilder::default()
         .terminal(false)
         .user(user)
         .args(p.args.clone())
@@ -251,17 +259,21 @@ pub fn build(p: &SpecParams) -> Result<Spec, ExecError> {
         .cwd(p.cwd.clone())
         .capabilities(capabilities)
         .rlimits(rlimits)
-        .no_new_privileges(false)
-        .build()
-        .map_err(spec_err)?;
+        .no_new_privileges(false);
+    if let Some(profile) = p.apparmor_profile.as_ref().filter(|_| !p.insecure) {
+        process = process.apparmor_profile(profile.clone());
+    }
+    let process = process.build().map_err(spec_err)?;
 
     let mut namespaces = Vec::new();
     let mut kinds = vec![
-        LinuxNamespaceType::Pid,
         LinuxNamespaceType::Ipc,
         LinuxNamespaceType::Uts,
         LinuxNamespaceType::Mount,
     ];
+    if !p.host_pid {
+        kinds.insert(0, LinuxNamespaceType::Pid);
+    }
     if p.network == Network::Isolated {
         kinds.push(LinuxNamespaceType::Network);
     }
@@ -338,53 +350,72 @@ pub fn build(p: &SpecParams) -> Result<Spec, ExecError> {
         .map_err(spec_err)
 }
 
+/// Capability names by bit number, as the kernel numbers them.
+const CAPABILITY_BITS: [&str; 41] = [
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "LINUX_IMMUTABLE",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_ADMIN",
+    "NET_RAW",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "SYS_MODULE",
+    "SYS_RAWIO",
+    "SYS_CHROOT",
+    "SYS_PTRACE",
+    "SYS_PACCT",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_NICE",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "MKNOD",
+    "LEASE",
+    "AUDIT_WRITE",
+    "AUDIT_CONTROL",
+    "SETFCAP",
+    "MAC_OVERRIDE",
+    "MAC_ADMIN",
+    "SYSLOG",
+    "WAKE_ALARM",
+    "BLOCK_SUSPEND",
+    "AUDIT_READ",
+    "PERFMON",
+    "BPF",
+    "CHECKPOINT_RESTORE",
+];
+
+/// Every capability the daemon itself may grant (its bounding set): an
+/// insecure step gets all of them, as a privileged container does. Asking
+/// for one outside that set would make runc fail.
 fn all_capabilities() -> std::collections::HashSet<Capability> {
-    use Capability::*;
-    [
-        AuditControl,
-        AuditRead,
-        AuditWrite,
-        BlockSuspend,
-        Bpf,
-        CheckpointRestore,
-        Chown,
-        DacOverride,
-        DacReadSearch,
-        Fowner,
-        Fsetid,
-        IpcLock,
-        IpcOwner,
-        Kill,
-        Lease,
-        LinuxImmutable,
-        MacAdmin,
-        MacOverride,
-        Mknod,
-        NetAdmin,
-        NetBindService,
-        NetBroadcast,
-        NetRaw,
-        Perfmon,
-        Setgid,
-        Setfcap,
-        Setpcap,
-        Setuid,
-        SysAdmin,
-        SysBoot,
-        SysChroot,
-        SysModule,
-        SysNice,
-        SysPacct,
-        SysPtrace,
-        SysRawio,
-        SysResource,
-        SysTime,
-        SysTtyConfig,
-        Syslog,
-        WakeAlarm,
-    ]
-    .into_iter()
-    .collect()
+    let bounding = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("CapBnd:"))
+                .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        })
+        .unwrap_or(u64::MAX);
+    CAPABILITY_BITS
+        .iter()
+        .enumerate()
+        .filter(|(bit, _)| bounding & (1u64 << bit) != 0)
+        .filter_map(|(_, name)| {
+            serde_json::from_value(serde_json::Value::String(format!("CAP_{name}"))).ok()
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -404,6 +435,8 @@ mod tests {
             readonly_rootfs: false,
             network: Network::Isolated,
             insecure: false,
+            host_pid: false,
+            apparmor_profile: None,
             ulimits: vec![("nofile".into(), 1024, 2048)],
             cgroups_path: "/buildkit/x".into(),
             mounts: vec![SpecMount::tmpfs("/tmp", 1 << 20)],
@@ -447,9 +480,13 @@ mod tests {
         let mut p = params();
         p.network = Network::Host;
         p.insecure = true;
+        p.host_pid = true;
+        p.apparmor_profile = Some("buildkit-default".into());
         let json = serde_json::to_value(build(&p).unwrap()).unwrap();
         let ns = json["linux"]["namespaces"].as_array().unwrap();
         assert!(!ns.iter().any(|n| n["type"] == "network"));
+        assert!(!ns.iter().any(|n| n["type"] == "pid"));
+        assert!(json["process"].get("apparmorProfile").is_none());
         assert!(
             json["process"]["capabilities"]["bounding"]
                 .as_array()
