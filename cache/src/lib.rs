@@ -78,6 +78,10 @@ pub struct Record {
     pub usage_count: u64,
     pub size: i64,
     pub parents: Vec<String>,
+    /// Paths (absolute in the tree) a diff removes: absent from the
+    /// snapshot's own tree, applied when it is merged onto another.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deletions: Vec<String>,
 }
 
 fn now_secs() -> u64 {
@@ -242,6 +246,20 @@ impl CacheManager {
         parents: Vec<String>,
         mutable: bool,
     ) -> Result<Ref, CacheError> {
+        self.commit_with_deletions(id, kind, description, parents, mutable, Vec::new())
+    }
+
+    /// [`CacheManager::commit`] for a diff: `deletions` are what it removes
+    /// when merged onto another tree.
+    pub fn commit_with_deletions(
+        &self,
+        id: &str,
+        kind: RecordType,
+        description: &str,
+        parents: Vec<String>,
+        mutable: bool,
+        deletions: Vec<String>,
+    ) -> Result<Ref, CacheError> {
         let path = self.snapshot_dir(id);
         let size = dir_size(&path);
         let record = Record {
@@ -254,6 +272,7 @@ impl CacheManager {
             usage_count: 0,
             size,
             parents,
+            deletions,
         };
         let mut in_use = self.in_use_map();
         self.put_record(&record)?;

@@ -691,3 +691,65 @@ fn walk_listing(root: &Path) -> Vec<String> {
     }
     out
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn diffs_show_their_changes_and_apply_their_removals_when_merged() {
+    let daemon = Daemon::start(DaemonOptions::default());
+    let tmp = tempfile::tempdir().unwrap();
+    let files = |names: &[(&str, &str)]| {
+        names.iter().fold(FileActions::new(), |a, (path, data)| {
+            a.mkfile(path, 0o644, data.as_bytes())
+        })
+    };
+    let lower = builder::scratch().file(
+        files(&[("/keep", "k\n"), ("/gone", "g\n"), ("/changed", "old\n")])
+            .mkdir("/dir", 0o755, false)
+            .mkfile("/dir/inner", 0o644, b"i\n"),
+    );
+    let upper = lower.file(
+        FileActions::new()
+            .rm("/gone", false, false)
+            .rm("/dir", false, false)
+            .mkfile("/changed", 0o644, b"new\n")
+            .mkfile("/added", 0o644, b"a\n"),
+    );
+    let diff = builder::diff(&lower, &upper);
+    let other = builder::scratch()
+        .file(files(&[("/gone", "other\n"), ("/mine", "m\n")]).mkdir("/dir", 0o700, false));
+    let merged = builder::merge(&[other, diff.clone()]);
+    // A merge of that merge keeps the removals for what lies below.
+    let base = builder::scratch().file(files(&[("/gone", "base\n"), ("/base", "b\n")]));
+    let nested = builder::merge(&[base, merged.clone()]);
+
+    let export = |state: &builder::State, name: &str| {
+        let out = tmp.path().join(name);
+        let flags = BuildFlags {
+            output: vec![format!("type=local,dest={}", out.display())],
+            ..Default::default()
+        };
+        let prepared = flags
+            .to_request(Some(state.marshal()), &random("diff"), &random("s"))
+            .unwrap();
+        (out, prepared)
+    };
+    let mut listings = Vec::new();
+    for (state, name) in [(&diff, "diff"), (&merged, "merged"), (&nested, "nested")] {
+        let (out, prepared) = export(state, name);
+        daemon.client().await.build(prepared, |_| {}).await.unwrap();
+        let mut listing = walk_listing(&out);
+        listing.sort();
+        listings.push(listing);
+    }
+    // On its own, a diff is what the upper added or changed.
+    assert_eq!(listings[0], vec!["added 644", "changed 644"]);
+    assert_eq!(
+        std::fs::read(tmp.path().join("diff/changed")).unwrap(),
+        b"new\n"
+    );
+    // Merged, its removals apply to what lies below.
+    assert_eq!(listings[1], vec!["added 644", "changed 644", "mine 644"]);
+    assert_eq!(
+        listings[2],
+        vec!["added 644", "base 644", "changed 644", "mine 644"]
+    );
+}

@@ -332,14 +332,30 @@ impl Op<Ref> for MergeOp {
             let (id, dest) = cache
                 .create_dir()
                 .map_err(|e| OpError::new(e.to_string()))?;
-            for src in &sources {
-                if let Err(e) = crate::tree::overlay_onto(src, &dest) {
+            let mut removed = Vec::new();
+            for (src, parent) in sources.iter().zip(&parents) {
+                // A diff's removals apply to what lies below it.
+                let deletions = cache
+                    .record(parent)
+                    .ok()
+                    .flatten()
+                    .map(|r| r.deletions)
+                    .unwrap_or_default();
+                let layered = crate::tree::remove_paths(&dest, &deletions)
+                    .and_then(|()| crate::tree::overlay_onto(src, &dest));
+                if let Err(e) = layered {
                     let _ = std::fs::remove_dir_all(&dest);
                     return Err(OpError::new(format!("failed to merge: {e}")));
                 }
+                removed.extend(deletions);
             }
+            // Removals the result does not undo stay with it, for a merge
+            // of this merge.
+            removed.sort();
+            removed.dedup();
+            removed.retain(|p| !crate::tree::exists(&dest, p));
             let merged = cache
-                .commit(&id, RecordType::Regular, "merge", parents, false)
+                .commit_with_deletions(&id, RecordType::Regular, "merge", parents, false, removed)
                 .map_err(|e| OpError::new(e.to_string()))?;
             Ok(vec![merged])
         })

@@ -75,7 +75,7 @@ impl Worker<Ref> for SnapshotWorker {
             Some(OpKind::Exec(_)) => Err(OpError::new(
                 "exec ops need the OCI worker, which is not available yet",
             )),
-            Some(OpKind::Diff(_)) => Err(OpError::new("diff ops are not supported yet")),
+            Some(OpKind::Diff(_)) => Err(OpError::new("diff ops need the OCI worker")),
             Some(OpKind::Build(_)) => Err(OpError::new("build ops are not supported")),
             Some(OpKind::Passthrough(_)) => {
                 Err(OpError::new("passthrough ops are not supported yet"))

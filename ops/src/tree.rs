@@ -40,3 +40,25 @@ pub fn overlay_onto(src: &Path, dst: &Path) -> Result<(), bk_fileops::FileOpErro
     };
     bk_fileops::apply(&action, &roots)
 }
+
+/// Removes `paths` (absolute in the tree) from `root`, never following a
+/// symlink out of it; missing paths are fine.
+pub fn remove_paths(root: &Path, paths: &[String]) -> Result<(), bk_fileops::FileOpError> {
+    for path in paths {
+        let rm = pb::FileActionRm {
+            path: path.clone(),
+            allow_not_found: true,
+            allow_wildcard: false,
+        };
+        bk_fileops::rm(root, &rm)?;
+    }
+    Ok(())
+}
+
+/// Whether `path` (absolute in the tree) exists in `root`, the last
+/// component not followed.
+pub fn exists(root: &Path, path: &str) -> bool {
+    bk_fileops::resolve_in_root(root, path, false)
+        .map(|p| std::fs::symlink_metadata(p).is_ok())
+        .unwrap_or(false)
+}

@@ -1,7 +1,8 @@
 //! The OCI worker: runs LLB exec ops in `runc`.
 //!
 //! Start at [`OciWorker`], the solver's worker: exec vertices become
-//! [`exec::ExecOp`]s, everything else goes to [`bk_ops::SnapshotWorker`].
+//! [`exec::ExecOp`]s, diffs [`diff::DiffOp`]s (they share the overlay
+//! tree code), everything else goes to [`bk_ops::SnapshotWorker`].
 //! Snapshots stay plain directories (`bk-cache`); a step's writable mounts
 //! are overlays on them ([`Snapshotter::Overlay`]) or copies
 //! ([`Snapshotter::Native`]), and become new snapshots when the step
@@ -9,6 +10,7 @@
 //! behind (containers, mounts); [`OciWorker::shutdown`] stops running steps.
 
 pub mod cachemounts;
+pub mod diff;
 pub mod exec;
 pub mod mounts;
 pub mod overlay;
@@ -264,6 +266,11 @@ impl Worker<Ref> for OciWorker {
                 vertex.op_key(),
                 exec.clone(),
                 self.shared.clone(),
+            ))),
+            Some(OpKind::Diff(diff)) => Ok(Arc::new(diff::DiffOp::new(
+                vertex.op_key(),
+                *diff,
+                self.shared.cache.clone(),
             ))),
             _ => self.snapshots.op(vertex),
         }
