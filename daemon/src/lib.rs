@@ -84,6 +84,19 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         tracing::info!(id = %w.id, platforms = ?w.platforms.iter().map(worker::format_platform).collect::<Vec<_>>(), "found worker");
     }
 
+    let sessions = bk_session::SessionManager::new();
+    let oci_config = oci_config.context("no worker state directory")?;
+    // Containers and mounts a killed daemon left go first: only then may
+    // the cache delete unfinished snapshot directories. Both before the
+    // socket exists, so a client never meets a daemon still recovering.
+    bk_worker_oci::OciWorker::recover(&oci_config)
+        .await
+        .context("worker start-up failed")?;
+    let state_dir = oci_config.state_dir.clone();
+    let cache = tokio::task::spawn_blocking(move || bk_cache::CacheManager::open(&state_dir))
+        .await
+        .context("cache start-up failed")??;
+
     let listeners = listen::Listeners::bind(&settings).await?;
     let socket_paths = listeners.socket_paths();
     if let Some(addr) = &settings.debug_addr {
@@ -97,17 +110,6 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     health_reporter
         .set_serving::<ControlServer<control::ControlService>>()
         .await;
-    let sessions = bk_session::SessionManager::new();
-    let oci_config = oci_config.context("no worker state directory")?;
-    // Containers and mounts a killed daemon left go first: only then may
-    // the cache delete unfinished snapshot directories.
-    bk_worker_oci::OciWorker::recover(&oci_config)
-        .await
-        .context("worker start-up failed")?;
-    let state_dir = oci_config.state_dir.clone();
-    let cache = tokio::task::spawn_blocking(move || bk_cache::CacheManager::open(&state_dir))
-        .await
-        .context("cache start-up failed")??;
     let max_parallelism = settings.oci.as_ref().and_then(|o| o.max_parallelism);
     let oci_worker = bk_worker_oci::OciWorker::new(&oci_config, cache.clone(), sessions.clone())
         .context("worker start-up failed")?;
