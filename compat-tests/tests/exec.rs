@@ -163,6 +163,22 @@ fn runc_list(daemon: &Daemon) -> Vec<String> {
         .collect()
 }
 
+/// The cgroup directories of container `id` (v1 hierarchies or v2).
+fn cgroups_of(id: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let v2 = Path::new("/sys/fs/cgroup/buildkit").join(id);
+    if v2.exists() {
+        out.push(v2);
+    }
+    for entry in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+        let path = entry.path().join("buildkit").join(id);
+        if path.exists() {
+            out.push(path);
+        }
+    }
+    out
+}
+
 fn mounts_under(dir: &Path) -> Vec<String> {
     let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     let dir = dir.to_string_lossy().to_string();
@@ -655,9 +671,16 @@ async fn a_daemon_killed_mid_step_leaves_nothing_after_restart() {
     );
     daemon.kill();
     let _ = task.await;
-    assert_eq!(runc_list(&daemon).len(), 1, "the step outlives a SIGKILL");
+    let containers = runc_list(&daemon);
+    assert_eq!(containers.len(), 1, "the step outlives a SIGKILL");
     assert!(!mounts_under(&daemon.root).is_empty());
+    assert!(!cgroups_of(&containers[0]).is_empty());
     daemon.start_again();
+    assert!(
+        cgroups_of(&containers[0]).is_empty(),
+        "{:?}",
+        cgroups_of(&containers[0])
+    );
     assert!(
         runc_list(&daemon).is_empty(),
         "restart removes the container"
