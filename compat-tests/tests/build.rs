@@ -753,3 +753,71 @@ async fn diffs_show_their_changes_and_apply_their_removals_when_merged() {
         vec!["added 644", "base 644", "changed 644", "mine 644"]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_chain_needs_none_of_its_intermediate_results() {
+    use bk_proto::moby::buildkit::v1::PruneRequest;
+    let mut daemon = Daemon::start(DaemonOptions::default());
+    let tmp = tempfile::tempdir().unwrap();
+    let one = builder::scratch()
+        .file(FileActions::new().mkfile("/one", 0o644, b"1\n"))
+        .with_name("one");
+    let two = one
+        .file(FileActions::new().mkfile("/two", 0o644, b"2\n"))
+        .with_name("two");
+    let three = two
+        .file(FileActions::new().mkfile("/three", 0o644, b"3\n"))
+        .with_name("three");
+    let build = |name: &str| {
+        let out = tmp.path().join(name);
+        let flags = BuildFlags {
+            output: vec![format!("type=local,dest={}", out.display())],
+            ..Default::default()
+        };
+        let prepared = flags
+            .to_request(Some(three.marshal()), &random("lazy"), &random("s"))
+            .unwrap();
+        (out, prepared)
+    };
+    let (first, prepared) = build("first");
+    daemon.client().await.build(prepared, |_| {}).await.unwrap();
+
+    // After a restart, the first two steps' snapshots go.
+    daemon.restart();
+    let client = daemon.client().await;
+    let records = client.disk_usage(Vec::new()).await.unwrap();
+    assert_eq!(records.len(), 3, "{records:?}");
+    let pruned = client
+        .prune(PruneRequest {
+            filter: vec![
+                "description==mkfile /one".into(),
+                "description==mkfile /two".into(),
+            ],
+            all: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(pruned.len(), 2, "{pruned:?}");
+
+    // The last step's result is all the rebuild needs: every step cached,
+    // nothing recomputed.
+    let (second, prepared) = build("second");
+    let (recorded, sink) = Recorded::new();
+    client.build(prepared, sink).await.unwrap();
+    let vertices = recorded.vertices();
+    for name in ["one", "two", "three"] {
+        assert_eq!(
+            vertices.get(name),
+            Some(&(true, String::new())),
+            "{vertices:?}"
+        );
+    }
+    assert_eq!(client.disk_usage(Vec::new()).await.unwrap().len(), 1);
+    assert_eq!(walk_listing(&first).len(), 3);
+    let mut a = walk_listing(&first);
+    let mut b = walk_listing(&second);
+    a.sort();
+    b.sort();
+    assert_eq!(a, b);
+}
