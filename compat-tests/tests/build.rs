@@ -821,3 +821,86 @@ async fn a_cached_chain_needs_none_of_its_intermediate_results() {
     b.sort();
     assert_eq!(a, b);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wildcard_and_filtered_copies_keep_their_cache_when_other_files_change() {
+    let daemon = Daemon::start(DaemonOptions::default());
+    let tmp = tempfile::tempdir().unwrap();
+    let context = tmp.path().join("context");
+    std::fs::create_dir_all(context.join("src")).unwrap();
+    std::fs::write(context.join("a.json"), b"a").unwrap();
+    std::fs::write(context.join("b.json"), b"b").unwrap();
+    std::fs::write(context.join("notes.txt"), b"n1").unwrap();
+    std::fs::write(context.join("src/app.js"), b"v1").unwrap();
+    std::fs::write(context.join("src/debug.log"), b"l1").unwrap();
+    // COPY *.json /cfg/  and  COPY --exclude=*.log src /app/
+    let definition = || {
+        let attrs = BTreeMap::from([("local.unique".to_string(), random("u"))]);
+        let ctx = builder::local("context", attrs);
+        let json = builder::scratch()
+            .file(FileActions::new().copy(
+                &ctx,
+                "/*.json",
+                "/cfg/",
+                CopyOptions {
+                    allow_wildcard: true,
+                    ..Default::default()
+                },
+            ))
+            .with_name("COPY *.json");
+        let src = builder::scratch()
+            .file(FileActions::new().copy(
+                &ctx,
+                "/src",
+                "/app/",
+                CopyOptions {
+                    exclude_patterns: vec!["*.log".into()],
+                    ..Default::default()
+                },
+            ))
+            .with_name("COPY src");
+        builder::merge(&[json, src]).marshal()
+    };
+    let client = daemon.client().await;
+    let build = |out: std::path::PathBuf| {
+        let client = client.clone();
+        let context = context.clone();
+        let def = definition();
+        async move {
+            let flags = BuildFlags {
+                local: vec![format!("context={}", context.display())],
+                output: vec![format!("type=local,dest={}", out.display())],
+                ..Default::default()
+            };
+            let prepared = flags
+                .to_request(Some(def), &random("ref"), &random("s"))
+                .unwrap();
+            let (recorded, sink) = Recorded::new();
+            client.build(prepared, sink).await.unwrap();
+            recorded.vertices()
+        }
+    };
+    build(tmp.path().join("o1")).await;
+    let cached = |v: &BTreeMap<String, (bool, String)>, name: &str| {
+        v.get(name).unwrap_or_else(|| panic!("{name}: {v:?}")).0
+    };
+
+    // Neither step reads these.
+    std::fs::write(context.join("notes.txt"), b"n2").unwrap();
+    std::fs::write(context.join("src/debug.log"), b"l2").unwrap();
+    let v = build(tmp.path().join("o2")).await;
+    assert!(cached(&v, "COPY *.json") && cached(&v, "COPY src"), "{v:?}");
+
+    // A new match for the wildcard, a changed included file: both rerun.
+    std::fs::write(context.join("c.json"), b"c").unwrap();
+    std::fs::write(context.join("src/app.js"), b"v2").unwrap();
+    let v = build(tmp.path().join("o3")).await;
+    assert!(
+        !cached(&v, "COPY *.json") && !cached(&v, "COPY src"),
+        "{v:?}"
+    );
+    let o3 = tmp.path().join("o3");
+    assert_eq!(std::fs::read(o3.join("cfg/c.json")).unwrap(), b"c");
+    assert_eq!(std::fs::read(o3.join("app/app.js")).unwrap(), b"v2");
+    assert!(!o3.join("app/debug.log").exists());
+}

@@ -59,6 +59,21 @@ pub use clone::{clone_tree, link_tree};
 pub use copy::copy;
 pub use error::FileOpError;
 pub use paths::resolve_in_root;
+
+/// The in-root paths (no leading `/`) a copy with wildcards takes for
+/// `src`, in the order it copies them: what a content checksum must cover.
+/// `None` when a match is not UTF-8 (it could not be named exactly).
+pub fn wildcard_matches(
+    root: &std::path::Path,
+    src: &str,
+    follow: bool,
+) -> Result<Option<Vec<String>>, FileOpError> {
+    let cleaned = paths::clean_path(src.as_bytes());
+    Ok(glob::resolve_wildcards(root, &cleaned, follow)?
+        .into_iter()
+        .map(|m| String::from_utf8(m).ok())
+        .collect())
+}
 pub use user::{ExecUser, Owner, owner_inputs, resolve_exec_user, resolve_owner};
 
 /// The trees one action works with.

@@ -146,6 +146,50 @@ pub fn path_checksum(
     Ok(Digest::parse(&format!("sha256:{hex}")))
 }
 
+/// [`path_checksum`] of a directory as a copy with include and exclude
+/// patterns reads it (the patterns apply beneath `path`); a file or link
+/// is checksummed whole, as the copy takes it whole.
+pub fn filtered_checksum(
+    root: &Path,
+    path: &str,
+    follow: bool,
+    include: &[String],
+    exclude: &[String],
+    memo: &DigestMemo,
+) -> std::io::Result<Option<Digest>> {
+    let full = match bk_fileops::resolve_in_root(root, path, follow) {
+        Ok(full) => full,
+        Err(_) => return Ok(None),
+    };
+    let meta = match std::fs::symlink_metadata(&full) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if !meta.is_dir() {
+        return path_checksum(root, path, follow, memo);
+    }
+    let opts = bk_fsutil::walk::WalkOptions {
+        include_patterns: include.to_vec(),
+        exclude_patterns: exclude.to_vec(),
+        ..Default::default()
+    };
+    let entries = bk_fsutil::walk::walk(&full, &opts).map_err(std::io::Error::other)?;
+    let mut h = Sha256::new();
+    h.update(b"buildkit-rs filtered path v1\0");
+    h.update(path.as_bytes());
+    for p in include.iter().chain([&String::from("\0")]).chain(exclude) {
+        h.update(b"\0");
+        h.update(p.as_bytes());
+    }
+    h.update(crate::checksum::mode_bits(&meta).to_le_bytes());
+    h.update(meta.uid().to_le_bytes());
+    h.update(meta.gid().to_le_bytes());
+    h.update(tree_checksum(&entries, memo)?.as_str().as_bytes());
+    let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    Ok(Digest::parse(&format!("sha256:{hex}")))
+}
+
 fn mode_bits(meta: &std::fs::Metadata) -> u32 {
     use std::os::unix::fs::PermissionsExt;
     meta.permissions().mode()

@@ -49,11 +49,11 @@ impl FileOp {
         }
     }
 
-    /// Per op input: the `(source path, follow symlinks)` pairs copies read
-    /// from it, when copying those paths is all the op does with it (no
-    /// wildcards, not a base tree, not an owner lookup); `None` otherwise.
-    fn selectors(&self, inputs: usize) -> Vec<Option<Vec<(String, bool)>>> {
-        let mut out: Vec<Option<Vec<(String, bool)>>> = vec![Some(Vec::new()); inputs];
+    /// Per op input: what copies read from it, when copying is all the op
+    /// does with it (not a base tree, not an owner lookup); `None`
+    /// otherwise.
+    fn selectors(&self, inputs: usize) -> Vec<Option<Vec<Selector>>> {
+        let mut out: Vec<Option<Vec<Selector>>> = vec![Some(Vec::new()); inputs];
         let mut used = vec![false; inputs];
         let input_of = |i: i64| usize::try_from(i).ok().filter(|i| *i < inputs);
         for action in &self.op.actions {
@@ -73,19 +73,12 @@ impl FileOp {
             }
             if let Some(i) = input_of(action.secondary_input) {
                 used[i] = true;
-                match &action.action {
-                    // Copying the whole input reads all of it: its own key
-                    // says as much as a checksum would, for free.
-                    Some(Action::Copy(c))
-                        if !matches!(c.src.trim_end_matches('/'), "" | "." | "/.")
-                            && !c.src.contains(['*', '?', '[', '\\'])
-                            && c.include_patterns.is_empty()
-                            && c.exclude_patterns.is_empty() =>
-                    {
-                        if let Some(paths) = out[i].as_mut() {
-                            paths.push((c.src.clone(), c.follow_symlink));
-                        }
-                    }
+                let selector = match &action.action {
+                    Some(Action::Copy(c)) => Selector::of(c),
+                    _ => None,
+                };
+                match (selector, out[i].as_mut()) {
+                    (Some(sel), Some(list)) => list.push(sel),
                     _ => out[i] = None,
                 }
             }
@@ -96,6 +89,82 @@ impl FileOp {
             }
         }
         out
+    }
+}
+
+/// What one copy reads of its source tree.
+#[derive(Clone, Debug)]
+struct Selector {
+    path: String,
+    follow: bool,
+    /// The path is a pattern the copy expands.
+    wildcard: bool,
+    include: Vec<String>,
+    exclude: Vec<String>,
+}
+
+impl Selector {
+    /// `None` when the copy reads the whole input unfiltered: the input's
+    /// own key says as much as a checksum would, for free.
+    fn of(c: &pb::FileActionCopy) -> Option<Selector> {
+        let whole = matches!(c.src.trim_end_matches('/'), "" | "." | "/.");
+        let filtered = !c.include_patterns.is_empty() || !c.exclude_patterns.is_empty();
+        if whole && !filtered {
+            return None;
+        }
+        Some(Selector {
+            path: c.src.clone(),
+            follow: c.follow_symlink,
+            wildcard: c.allow_wildcard && c.src.contains(['*', '?', '[', '\\']),
+            include: c.include_patterns.clone(),
+            exclude: c.exclude_patterns.clone(),
+        })
+    }
+
+    /// The checksum of what the copy reads in `root`; `None` when a plain
+    /// path is missing (the copy will say so).
+    fn checksum(
+        &self,
+        root: &std::path::Path,
+        memo: &DigestMemo,
+    ) -> Result<Option<Digest>, String> {
+        let paths: Vec<String> = if self.wildcard {
+            let matches = match bk_fileops::wildcard_matches(root, &self.path, self.follow) {
+                Ok(Some(m)) => m,
+                // Unnameable or unreadable: no content key, the copy decides.
+                Ok(None) | Err(_) => return Ok(None),
+            };
+            matches.into_iter().map(|m| format!("/{m}")).collect()
+        } else {
+            vec![self.path.clone()]
+        };
+        let mut material = format!("selector v1\0{}\0", paths.len());
+        for path in &paths {
+            let sum = if self.include.is_empty() && self.exclude.is_empty() {
+                crate::checksum::path_checksum(root, path, self.follow, memo)
+            } else {
+                crate::checksum::filtered_checksum(
+                    root,
+                    path,
+                    self.follow,
+                    &self.include,
+                    &self.exclude,
+                    memo,
+                )
+            }
+            .map_err(|e| e.to_string())?;
+            match sum {
+                Some(sum) => {
+                    material.push_str(path);
+                    material.push('\0');
+                    material.push_str(sum.as_str());
+                    material.push('\0');
+                }
+                None if self.wildcard => {}
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(Digest::of(material.as_bytes())))
     }
 }
 
@@ -120,17 +189,15 @@ impl Op<Ref> for FileOp {
         let roots: Vec<PathBuf> = inputs.iter().map(|r| r.path().to_path_buf()).collect();
         let (keys, key, memo) = (input_keys.to_vec(), self.key.clone(), self.memo.clone());
         blocking(move || {
-            let mut material = format!("fileop content v1\0{key}");
+            let mut material = format!("fileop content v2\0{key}");
             for (i, selector) in selectors.iter().enumerate() {
                 material.push('\0');
                 match selector {
-                    Some(paths) => {
-                        for (path, follow) in paths {
-                            let sum =
-                                crate::checksum::path_checksum(&roots[i], path, *follow, &memo)
-                                    .map_err(|e| {
-                                        OpError::new(format!("failed to checksum {path}: {e}"))
-                                    })?;
+                    Some(selectors) => {
+                        for sel in selectors {
+                            let sum = sel.checksum(&roots[i], &memo).map_err(|e| {
+                                OpError::new(format!("failed to checksum {}: {e}", sel.path))
+                            })?;
                             match sum {
                                 Some(sum) => material.push_str(sum.as_str()),
                                 // Missing: no content key; the copy will report it.
