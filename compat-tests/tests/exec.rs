@@ -170,7 +170,11 @@ fn cgroups_of(id: &str) -> Vec<PathBuf> {
     if v2.exists() {
         out.push(v2);
     }
-    for entry in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+    for entry in std::fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
         let path = entry.path().join("buildkit").join(id);
         if path.exists() {
             out.push(path);
