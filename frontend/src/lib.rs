@@ -5,5 +5,6 @@
 //! `Return`. The Dockerfile frontend and frontend images arrive here next.
 
 pub mod bridge;
+pub mod dockerfile;
 
 pub use bridge::{Bridge, Returned};

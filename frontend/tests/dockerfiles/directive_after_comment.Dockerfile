@@ -1,0 +1,5 @@
+# A comment ends the directives, so this is a comment too:
+# escape=`
+FROM alpine
+RUN echo a \
+    b

@@ -1,0 +1,3 @@
+FROM alpine
+COPY a.txt <<EOF
+EOF
