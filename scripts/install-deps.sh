@@ -12,6 +12,9 @@ packages=(
   curl   # the demo and debug-endpoint checks
   runc            # the OCI worker's runtime (compat-tests/tests/exec.rs)
   busybox-static  # the root filesystem exec tests run in
+  docker-registry # the real registry image/tests/registry.rs pushes to and pulls from
+  skopeo          # independent check of what image/tests/registry.rs pushed (inspect, copy)
+  umoci           # unpacks that image's OCI copy to check the layer (image/tests/registry.rs)
 )
 
 missing=()

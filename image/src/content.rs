@@ -190,6 +190,14 @@ pub struct ContentStore {
     shared: Arc<Shared>,
 }
 
+impl std::fmt::Debug for ContentStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ContentStore")
+            .field("root", &self.shared.root)
+            .finish_non_exhaustive()
+    }
+}
+
 impl ContentStore {
     /// Opens (creating if needed) the store at `root` and deletes whatever
     /// an earlier run left half-written in `ingest/`.

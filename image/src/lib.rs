@@ -1,7 +1,7 @@
 //! `bk-image`: what the daemon needs to know about container images.
 //!
-//! This is the foundation the registry client, pulls, pushes and the image
-//! exporters will build on; nothing here talks to the network yet.
+//! The registry client and pulls are here; pushes of built images and the
+//! image exporters will build on them.
 //!
 //! - [`reference`](mod@reference): image names as users type them, normalised exactly as
 //!   Docker's `distribution/reference` does. Start with
@@ -16,17 +16,33 @@
 //!   [`platforms::select_manifest`], which picks an index entry as
 //!   containerd does.
 //! - [`digest`]: the validated [`Digest`] every module names content by.
+//! - [`registry`]: the registry client. Start with [`RegistryHosts::new`]
+//!   (the `[registry."host"]` settings) and [`RegistryClient::new`]
+//!   (resolve, fetch, push, the Docker token flow through a
+//!   [`CredentialsProvider`]).
+//! - [`pull`]: an image from a registry into the content store for one
+//!   platform. Start with [`Puller::pull`].
+//! - [`unpack`]: a layer applied onto a directory tree (whiteouts, owners,
+//!   xattrs, times; hostile paths kept inside the root). Start with
+//!   [`unpack::apply_layer`].
 
 pub mod content;
 pub mod digest;
 pub mod json;
 pub mod media_types;
 pub mod platforms;
+pub mod pull;
 pub mod reference;
+pub mod registry;
 pub mod types;
+pub mod unpack;
 
 pub use content::{Commit, ContentError, ContentStore, Info, Lease, Writer};
 pub use digest::{Algorithm, Digest, DigestError, Digester};
 pub use platforms::{MatchComparer, select_manifest};
+pub use pull::{BlobProgress, BlobState, ProgressFn, PullError, PulledImage, Puller};
 pub use reference::{Reference, ReferenceError};
+pub use registry::{
+    CredentialsProvider, RegistryClient, RegistryConfig, RegistryError, RegistryHosts,
+};
 pub use types::{Descriptor, Image, ImageConfig, Index, Manifest, Platform};
