@@ -45,7 +45,7 @@ pub(crate) fn quote(s: &str) -> String {
     out
 }
 
-fn is_print(c: char) -> bool {
+pub(crate) fn is_print(c: char) -> bool {
     let u = c as u32;
     if u < 0x80 {
         return (0x20..0x7f).contains(&u);

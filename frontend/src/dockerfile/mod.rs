@@ -1,8 +1,8 @@
 //! The Dockerfile language of BuildKit's `dockerfile.v0` frontend: parsing,
-//! typed instructions and variable expansion. Conversion to LLB lives
-//! elsewhere.
+//! typed instructions, variable expansion, and conversion to LLB and an
+//! image config.
 //!
-//! Three steps, each with BuildKit's behaviour and error texts:
+//! Four steps, each with BuildKit's behaviour and error texts:
 //!
 //! 1. [`parse`] turns the file into [`Node`]s: directives, comments,
 //!    continuation lines, flags, JSON or shell form, heredocs, line numbers
@@ -11,6 +11,8 @@
 //!    [`Stage`]s, checking flags and arguments ([`instructions`](mod@instructions)).
 //! 3. At dispatch time, a [`Lexer`] expands variables in the words each
 //!    instruction expands ([`Instruction::expand`], [`shell`]).
+//! 4. [`convert()`] does all of the above and turns the stages the target
+//!    needs into LLB and an image config ([`convert`](mod@convert)).
 //!
 //! Before any of this, the frontend looks for `# syntax=` (to hand the build
 //! to a frontend image) and `# check=` with [`detect_syntax`] and
@@ -32,15 +34,22 @@
 //! Input comes from clients and is hostile: nothing here panics, and
 //! recursion (nested `${…}`, `ONBUILD ONBUILD …`) is bounded.
 
+pub mod convert;
 pub mod directives;
 mod golang;
+mod graph;
+mod image;
 pub mod instructions;
 mod json;
 pub mod mounts;
 pub mod parser;
 pub mod shell;
 
+pub use convert::{
+    ConvertError, ConvertOptions, Converted, ImageResolver, ResolveMode, SourceMap, convert,
+};
 pub use directives::{CheckOptions, Directive, FoundDirective, detect_syntax, parse_directive};
+pub use image::DEFAULT_PATH_ENV;
 pub use instructions::{
     Add, ArgPair, CmdLine, Command, Copy, Dockerfile, FromStage, Healthcheck, Instruction,
     KeyValue, Run, ShellInlineFile, SourceContent, SourcesAndDest, Stage, instructions,
