@@ -129,7 +129,8 @@ async fn unsupported_frontends_and_unknown_jobs_get_clear_errors() {
     let err = control
         .solve(SolveRequest {
             r#ref: "r1".into(),
-            frontend: "dockerfile.v0".into(),
+            frontend: "gateway.v0".into(),
+            frontend_attrs: [("source".to_string(), "example.com/frontend".to_string())].into(),
             ..Default::default()
         })
         .await

@@ -39,6 +39,7 @@ pub struct Builds {
     cache: CacheManager,
     sessions: Arc<SessionManager>,
     allowed_entitlements: Vec<String>,
+    images: Arc<bk_ops::image::ImageSources>,
     workers: Vec<WorkerRecord>,
     jobs: Mutex<HashMap<String, Progress>>,
     /// Bridges of client-side builds, by build ref.
@@ -109,8 +110,10 @@ impl Builds {
         sessions: Arc<SessionManager>,
         allowed_entitlements: Vec<String>,
         workers: Vec<WorkerRecord>,
+        images: Arc<bk_ops::image::ImageSources>,
     ) -> Arc<Builds> {
         Arc::new(Builds {
+            images,
             solver,
             cache,
             sessions,
@@ -152,10 +155,12 @@ impl Builds {
                     "both frontend and definition are set",
                 ));
             }
-            return Err(Status::unimplemented(format!(
-                "frontend {:?} is not supported yet by buildkit-rs: send LLB",
-                req.frontend
-            )));
+            if !bk_frontend::builtin::is_builtin(&req.frontend, &req.frontend_attrs) {
+                return Err(Status::unimplemented(format!(
+                    "frontend {:?} is not supported yet by buildkit-rs (dockerfile.v0 is)",
+                    req.frontend
+                )));
+            }
         }
         for e in &req.entitlements {
             let base = e.split('=').next().unwrap_or(e);
@@ -237,6 +242,10 @@ impl Builds {
                 };
                 Some(self.solver.solve(job).await.map_err(solve_status)?)
             }
+            None if !req.frontend.is_empty() => {
+                self.frontend(&req, session_group, &progress, cancel)
+                    .await?
+            }
             None => {
                 self.client_side(
                     &req.r#ref,
@@ -263,6 +272,36 @@ impl Builds {
         })
     }
 
+    /// A build by a built-in frontend (`dockerfile.v0`): it reads the
+    /// client's files through a bridge of its own and returns a definition,
+    /// which is built here.
+    async fn frontend(
+        &self,
+        req: &SolveRequest,
+        session_group: Vec<String>,
+        progress: &Progress,
+        cancel: CancellationToken,
+    ) -> Result<Option<Ref>, Status> {
+        let (bridge, _returned) = Bridge::new(
+            self.solver.clone(),
+            progress.clone(),
+            session_group,
+            cancel,
+            self.workers.clone(),
+            req.entitlements.clone(),
+            crate::frontends::services(self.images.clone()),
+        );
+        let out = bk_frontend::builtin::run(
+            &req.frontend,
+            &*bridge,
+            &req.frontend_attrs,
+            &req.frontend_inputs,
+        )
+        .await?;
+        let id = bridge.register(&out.definition)?;
+        Ok(Some(bridge.evaluate(&id).await?))
+    }
+
     /// A build driven by the client through the bridge: waits for its
     /// `Return`, then builds what it returned.
     async fn client_side(
@@ -280,6 +319,7 @@ impl Builds {
             cancel,
             self.workers.clone(),
             entitlements,
+            crate::frontends::services(self.images.clone()),
         );
         self.bridges
             .lock()

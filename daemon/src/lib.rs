@@ -12,6 +12,7 @@ pub mod config;
 pub mod control;
 pub mod debug;
 pub mod filters;
+mod frontends;
 pub mod gateway;
 pub mod listen;
 pub mod settings;
@@ -113,6 +114,23 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let max_parallelism = settings.oci.as_ref().and_then(|o| o.max_parallelism);
     let oci_worker = bk_worker_oci::OciWorker::new(&oci_config, cache.clone(), sessions.clone())
         .context("worker start-up failed")?;
+    // Images: a content store beside the snapshots, pulled through the
+    // configured registries with the clients' credentials.
+    let content = bk_image::content::ContentStore::open(oci_config.state_dir.join("content"))
+        .await
+        .context("content store start-up failed")?;
+    let hosts = frontends::registry_hosts(&settings.registry)
+        .map_err(|e| anyhow::anyhow!("invalid registry configuration: {e}"))?;
+    let registry = bk_image::registry::RegistryClient::new(
+        hosts,
+        std::sync::Arc::new(frontends::SessionCredentials(sessions.clone())),
+    );
+    let images = std::sync::Arc::new(bk_ops::image::ImageSources::new(
+        bk_image::pull::Puller::new(registry, content),
+        cache.clone(),
+    ));
+    let oci_worker =
+        oci_worker.with_images(images.clone(), worker::default_image_platform(&workers));
     let worker_stopper = oci_worker.stopper();
     let solver = bk_solver::Solver::new(
         std::sync::Arc::new(oci_worker),
@@ -125,6 +143,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         sessions.clone(),
         settings.entitlements.clone(),
         workers.clone(),
+        images,
     );
     let gateway = bk_proto::moby::buildkit::v1::frontend::llb_bridge_server::LlbBridgeServer::new(
         gateway::GatewayService::new(builds.clone()),

@@ -75,6 +75,8 @@ pub struct Settings {
     pub containerd: Option<bool>,
     /// Things worth a warning at start-up.
     pub warnings: Vec<String>,
+    /// `[registry."host"]` tables.
+    pub registry: BTreeMap<String, crate::config::RegistryConfig>,
 }
 
 impl Settings {
@@ -224,6 +226,7 @@ impl Settings {
             oci,
             containerd,
             warnings,
+            registry: config.registry.clone(),
         })
     }
 }

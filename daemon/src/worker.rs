@@ -479,6 +479,17 @@ fn default_limits(disk_total: u64) -> GcLimits {
     }
 }
 
+/// The platform images are pulled for when an op names none: the worker's
+/// first (its native default).
+pub fn default_image_platform(workers: &[WorkerRecord]) -> bk_image::types::Platform {
+    let p = workers.first().and_then(|w| w.platforms.first());
+    bk_image::types::Platform {
+        architecture: p.map_or("amd64".into(), |p| p.architecture.clone()),
+        os: p.map_or("linux".into(), |p| p.os.clone()),
+        ..Default::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use async_trait::async_trait;
 use bk_llb::Graph;
 use bk_proto::google::rpc;
 use bk_proto::moby::buildkit::v1::apicaps::ApiCap;
@@ -19,6 +20,9 @@ use bk_solver::{Job, Progress, ResultRef, SolveError, Solver};
 use tokio::sync::{OnceCell, oneshot};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
+
+use crate::builtin::FrontendHost;
+use crate::dockerfile::convert::ImageResolver;
 
 /// Gateway API capabilities this bridge implements.
 pub const FRONTEND_CAPS: &[&str] = &[
@@ -107,9 +111,37 @@ struct BridgeRef<R> {
     result: OnceCell<Result<R, SolveError>>,
 }
 
+/// What the daemon lends a bridge for frontends: reading files out of
+/// results and resolving image configs.
+pub struct BridgeServices<R> {
+    pub files: Arc<dyn ResultFiles<R>>,
+    pub images: Arc<dyn ImageResolver>,
+}
+
+impl<R> Clone for BridgeServices<R> {
+    fn clone(&self) -> Self {
+        BridgeServices {
+            files: self.files.clone(),
+            images: self.images.clone(),
+        }
+    }
+}
+
+/// Reads a file of a result (the daemon knows where results live).
+#[async_trait]
+pub trait ResultFiles<R>: Send + Sync {
+    async fn read_file(
+        &self,
+        result: &R,
+        path: &str,
+        limit: usize,
+    ) -> Result<Option<Vec<u8>>, Status>;
+}
+
 /// One build's bridge.
 pub struct Bridge<R: ResultRef> {
     solver: Arc<Solver<R>>,
+    services: BridgeServices<R>,
     progress: Progress,
     session_group: Vec<String>,
     cancel: CancellationToken,
@@ -141,10 +173,12 @@ impl<R: ResultRef> Bridge<R> {
         cancel: CancellationToken,
         workers: Vec<WorkerRecord>,
         entitlements: Vec<String>,
+        services: BridgeServices<R>,
     ) -> (Arc<Bridge<R>>, oneshot::Receiver<Returned>) {
         let (tx, rx) = oneshot::channel();
         let bridge = Arc::new(Bridge {
             solver,
+            services,
             progress,
             session_group,
             cancel,
@@ -167,35 +201,25 @@ impl<R: ResultRef> Bridge<R> {
     /// Records a definition and answers with its ref; builds it only when
     /// asked to evaluate.
     pub async fn solve(&self, req: gw::SolveRequest) -> Result<gw::SolveResponse, Status> {
-        if !req.frontend.is_empty() {
-            return Err(Status::unimplemented(format!(
-                "frontend {:?} is not supported yet by buildkit-rs",
-                req.frontend
-            )));
-        }
-        let result_kind = match req.definition.filter(|d| !d.def.is_empty()) {
+        let mut metadata = std::collections::BTreeMap::new();
+        let definition = if !req.frontend.is_empty() {
+            if req.definition.as_ref().is_some_and(|d| !d.def.is_empty()) {
+                return Err(Status::invalid_argument(
+                    "both frontend and definition are set",
+                ));
+            }
+            let out =
+                crate::builtin::run(&req.frontend, self, &req.frontend_opt, &req.frontend_inputs)
+                    .await?;
+            metadata = out.metadata;
+            Some(out.definition)
+        } else {
+            req.definition.filter(|d| !d.def.is_empty())
+        };
+        let result_kind = match definition {
             None => None,
             Some(definition) => {
-                let graph = Graph::decode(&definition)
-                    .map_err(|e| Status::invalid_argument(e.to_string()))?;
-                graph
-                    .check_entitlements(&self.entitlements)
-                    .map_err(Status::permission_denied)?;
-                let held = self.refs.lock().unwrap_or_else(|e| e.into_inner()).len();
-                if held >= MAX_REFS {
-                    return Err(Status::resource_exhausted(format!(
-                        "a build may hold at most {MAX_REFS} solved definitions"
-                    )));
-                }
-                let id = new_ref_id();
-                let entry = Arc::new(BridgeRef {
-                    definition: definition.clone(),
-                    result: OnceCell::new(),
-                });
-                self.refs
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(id.clone(), entry);
+                let id = self.register(&definition)?;
                 if req.evaluate {
                     self.evaluate(&id).await?;
                 }
@@ -214,6 +238,7 @@ impl<R: ResultRef> Bridge<R> {
                 r#ref: String::new(),
                 result: Some(gw::Result {
                     result: result_kind,
+                    metadata,
                     ..Default::default()
                 }),
             });
@@ -227,6 +252,30 @@ impl<R: ResultRef> Bridge<R> {
             r#ref: id,
             result: None,
         })
+    }
+
+    /// Remembers a checked definition under a new ref id.
+    pub fn register(&self, definition: &pb::Definition) -> Result<String, Status> {
+        let graph =
+            Graph::decode(definition).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        graph
+            .check_entitlements(&self.entitlements)
+            .map_err(Status::permission_denied)?;
+        let mut refs = self.refs.lock().unwrap_or_else(|e| e.into_inner());
+        if refs.len() >= MAX_REFS {
+            return Err(Status::resource_exhausted(format!(
+                "a build may hold at most {MAX_REFS} solved definitions"
+            )));
+        }
+        let id = new_ref_id();
+        refs.insert(
+            id.clone(),
+            Arc::new(BridgeRef {
+                definition: definition.clone(),
+                result: OnceCell::new(),
+            }),
+        );
+        Ok(id)
     }
 
     /// Builds ref `id` (once; later calls share the outcome).
@@ -287,5 +336,42 @@ impl<R: ResultRef> Bridge<R> {
             }
             None => Err(Status::failed_precondition("result was already returned")),
         }
+    }
+}
+
+#[async_trait]
+impl<R: ResultRef> FrontendHost<R> for Bridge<R> {
+    async fn solve(&self, definition: pb::Definition) -> Result<R, Status> {
+        let id = self.register(&definition)?;
+        self.evaluate(&id).await
+    }
+
+    async fn read_file(
+        &self,
+        result: &R,
+        path: &str,
+        limit: usize,
+    ) -> Result<Option<Vec<u8>>, Status> {
+        self.services.files.read_file(result, path, limit).await
+    }
+
+    fn images(&self) -> &dyn ImageResolver {
+        &*self.services.images
+    }
+
+    fn platform(&self) -> pb::Platform {
+        self.workers
+            .first()
+            .and_then(|w| w.platforms.first())
+            .cloned()
+            .unwrap_or_else(|| pb::Platform {
+                architecture: "amd64".into(),
+                os: "linux".into(),
+                ..Default::default()
+            })
+    }
+
+    fn session_id(&self) -> String {
+        self.session_group.first().cloned().unwrap_or_default()
     }
 }

@@ -1,10 +1,12 @@
 //! Frontends and the LLB bridge they, and client-side builds, talk to.
 //!
-//! Today this is the bridge ([`bridge::Bridge`]): the state behind the
-//! `LLBBridge` gRPC API for one build — lazily solved refs, evaluation,
-//! `Return`. The Dockerfile frontend and frontend images arrive here next.
+//! [`bridge::Bridge`] is the state behind the `LLBBridge` gRPC API for one
+//! build — lazily solved refs, evaluation, `Return`; [`builtin::run`] runs
+//! the built-in `dockerfile.v0` over it; [`dockerfile`] parses and converts
+//! Dockerfiles. Frontend images (`gateway.v0`) come later.
 
 pub mod bridge;
+pub mod builtin;
 pub mod dockerfile;
 
 pub use bridge::{Bridge, Returned};

@@ -9,6 +9,7 @@
 pub mod checksum;
 pub mod export;
 pub mod file;
+pub mod image;
 pub mod local;
 pub mod tree;
 
@@ -28,6 +29,7 @@ pub struct SnapshotWorker {
     cache: CacheManager,
     sessions: Arc<SessionManager>,
     contexts: Arc<LocalContexts>,
+    images: Option<(Arc<image::ImageSources>, bk_image::types::Platform)>,
 }
 
 impl SnapshotWorker {
@@ -36,7 +38,18 @@ impl SnapshotWorker {
             cache,
             sessions,
             contexts: Arc::new(LocalContexts::default()),
+            images: None,
         }
+    }
+
+    /// Enables `docker-image://` sources; `platform` is the worker's.
+    pub fn with_images(
+        mut self,
+        images: Arc<image::ImageSources>,
+        platform: bk_image::types::Platform,
+    ) -> SnapshotWorker {
+        self.images = Some((images, platform));
+        self
     }
 }
 
@@ -55,6 +68,15 @@ impl Worker<Ref> for SnapshotWorker {
                         self.sessions.clone(),
                         self.contexts.clone(),
                     ))),
+                    "docker-image" => match &self.images {
+                        Some((images, default)) => Ok(Arc::new(image::ImageSource::new(
+                            rest,
+                            &source.attrs,
+                            image::op_platform(vertex.op.platform.as_ref(), default),
+                            images.clone(),
+                        )?)),
+                        None => Err(OpError::new("image sources are not configured")),
+                    },
                     other => Err(OpError::new(format!(
                         "source type {other} is not supported yet"
                     ))),

@@ -223,6 +223,16 @@ impl OciWorker {
         })
     }
 
+    /// Enables `docker-image://` sources (`platform`: the worker's).
+    pub fn with_images(
+        mut self,
+        images: Arc<bk_ops::image::ImageSources>,
+        platform: bk_image::types::Platform,
+    ) -> OciWorker {
+        self.snapshots = self.snapshots.with_images(images, platform);
+        self
+    }
+
     /// A handle that stops the worker's running steps.
     pub fn stopper(&self) -> WorkerStopper {
         WorkerStopper {

@@ -1,0 +1,199 @@
+//! The built-in `dockerfile.v0` frontend end to end, as `buildctl build
+//! --frontend dockerfile.v0 --local context=. --local dockerfile=.` drives
+//! it: the Dockerfile and `.dockerignore` through the session, stages,
+//! build args, RUN with mounts, COPY --from, and errors that name the line.
+//! Needs root, runc and /bin/busybox (FROM scratch + busybox: no registry).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use bk_client::solve_opts::BuildFlags;
+use bk_proto::moby::buildkit::v1::StatusResponse;
+use compat_tests::{Daemon, DaemonOptions};
+
+fn random(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{prefix}{}x{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A context holding busybox, and a Dockerfile beside it.
+fn project(dir: &Path, dockerfile: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::copy("/bin/busybox", dir.join("busybox")).unwrap();
+    std::fs::write(dir.join("Dockerfile"), dockerfile).unwrap();
+}
+
+#[derive(Clone, Default)]
+struct Recorded(Arc<Mutex<Vec<StatusResponse>>>);
+
+impl Recorded {
+    fn names(&self) -> BTreeMap<String, bool> {
+        let mut out = BTreeMap::new();
+        for u in self.0.lock().unwrap().iter() {
+            for v in &u.vertexes {
+                if v.completed.is_some() {
+                    out.insert(v.name.clone(), v.cached);
+                }
+            }
+        }
+        out
+    }
+    fn logs(&self) -> String {
+        let mut out = Vec::new();
+        for u in self.0.lock().unwrap().iter() {
+            for l in &u.logs {
+                out.extend_from_slice(&l.msg);
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
+async fn build(
+    daemon: &Daemon,
+    dir: &Path,
+    out: Option<&Path>,
+    opts: &[&str],
+    extra: impl FnOnce(&mut BuildFlags),
+) -> (Result<(), String>, Recorded) {
+    let mut flags = BuildFlags {
+        frontend: Some("dockerfile.v0".into()),
+        local: vec![
+            format!("context={}", dir.display()),
+            format!("dockerfile={}", dir.display()),
+        ],
+        opt: opts.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    };
+    if let Some(out) = out {
+        flags
+            .output
+            .push(format!("type=local,dest={}", out.display()));
+    }
+    extra(&mut flags);
+    let prepared = flags.to_request(None, &random("df"), &random("s")).unwrap();
+    let recorded = Recorded::default();
+    let sink = recorded.0.clone();
+    let result = daemon
+        .client()
+        .await
+        .build(prepared, move |u| sink.lock().unwrap().push(u))
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string());
+    (result, recorded)
+}
+
+const MULTI_STAGE: &str = r#"# syntax=docker/dockerfile:1
+FROM scratch AS base
+COPY busybox /bin/busybox
+RUN ["/bin/busybox", "--install", "-s", "/bin"]
+
+FROM base AS tools
+RUN mkdir -p /opt/tool && echo tool > /opt/tool/version
+
+FROM base
+ARG NAME=world
+ENV GREETING=hello
+WORKDIR /app
+COPY --from=tools /opt/tool /app/tool
+COPY ignored.txt* kept.txt /app/
+RUN echo "$GREETING $NAME" > /app/out.txt && echo built-the-greeting
+RUN --mount=type=cache,target=/cache echo x >> /cache/log && cp /cache/log /app/cachelog
+RUN --mount=type=secret,id=tok wc -c < /run/secrets/tok > /app/secretlen
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multi_stage_dockerfile_builds_with_args_mounts_and_ignore_files() {
+    let daemon = Daemon::start(DaemonOptions::default());
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("project");
+    project(&dir, MULTI_STAGE);
+    std::fs::write(dir.join("kept.txt"), "kept\n").unwrap();
+    std::fs::write(dir.join("ignored.txt"), "ignored\n").unwrap();
+    std::fs::write(dir.join(".dockerignore"), "ignored.txt\n").unwrap();
+    let secret = tmp.path().join("token");
+    std::fs::write(&secret, "0123456789").unwrap();
+    let out = tmp.path().join("out");
+    let (result, recorded) = build(&daemon, &dir, Some(&out), &["build-arg:NAME=rust"], |f| {
+        f.secret.push(format!("id=tok,src={}", secret.display()))
+    })
+    .await;
+    result.unwrap();
+    let read = |p: &str| std::fs::read_to_string(out.join(p)).unwrap();
+    assert_eq!(read("app/out.txt"), "hello rust\n");
+    assert_eq!(read("app/tool/version"), "tool\n");
+    assert_eq!(read("app/kept.txt"), "kept\n");
+    assert!(
+        !out.join("app/ignored.txt").exists(),
+        ".dockerignore applies"
+    );
+    assert_eq!(read("app/cachelog"), "x\n");
+    assert_eq!(read("app/secretlen").trim(), "10");
+    assert!(!out.join("run/secrets").exists());
+    assert!(recorded.logs().contains("built-the-greeting"));
+    let names = recorded.names();
+    assert!(
+        names
+            .keys()
+            .any(|n| n.starts_with("[internal] load build definition from Dockerfile")),
+        "{names:?}"
+    );
+
+    // Unchanged: every step cached.
+    let (result, recorded) = build(&daemon, &dir, None, &["build-arg:NAME=rust"], |f| {
+        f.secret.push(format!("id=tok,src={}", secret.display()))
+    })
+    .await;
+    result.unwrap();
+    let names = recorded.names();
+    let steps: Vec<_> = names.iter().filter(|(n, _)| n.contains(" RUN ")).collect();
+    assert!(!steps.is_empty());
+    assert!(steps.iter().all(|(_, cached)| **cached), "{names:?}");
+
+    // --target picks a stage; its dependencies only.
+    let out = tmp.path().join("target");
+    build(&daemon, &dir, Some(&out), &["target=tools"], |_| {})
+        .await
+        .0
+        .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(out.join("opt/tool/version")).unwrap(),
+        "tool\n"
+    );
+    assert!(!out.join("app").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dockerfile_errors_name_the_line() {
+    let daemon = Daemon::start(DaemonOptions::default());
+    let tmp = tempfile::tempdir().unwrap();
+
+    let dir = tmp.path().join("unknown");
+    project(&dir, "FROM scratch\nCOPY busybox /bin/\nFOO bar\n");
+    let err = build(&daemon, &dir, None, &[], |_| {}).await.0.unwrap_err();
+    assert!(err.contains("unknown instruction: FOO"), "{err}");
+    assert!(err.contains("line 3"), "{err}");
+
+    let dir = tmp.path().join("failing");
+    project(
+        &dir,
+        "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"sh\", \"-c\", \"exit 7\"]\n",
+    );
+    let err = build(&daemon, &dir, None, &[], |_| {}).await.0.unwrap_err();
+    assert!(
+        err.contains("did not complete successfully: exit code: 7"),
+        "{err}"
+    );
+
+    let dir = tmp.path().join("missing");
+    std::fs::create_dir_all(&dir).unwrap();
+    let err = build(&daemon, &dir, None, &[], |_| {}).await.0.unwrap_err();
+    assert!(err.contains("failed to read dockerfile"), "{err}");
+}

@@ -1,0 +1,264 @@
+//! The frontends built into the daemon: `dockerfile.v0` (and `gateway.v0`
+//! asked to run it). A frontend turns attrs and the client's files into a
+//! definition; the caller solves it, lazily where the gateway allows.
+//!
+//! Start at [`run`]. The daemon supplies a [`FrontendHost`]: solving the
+//! small definitions that fetch the Dockerfile, reading files out of their
+//! results, resolving image configs.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use bk_llb::builder;
+use bk_proto::pb;
+use tonic::Status;
+
+use crate::dockerfile::convert::{self, ConvertOptions, ImageResolver};
+
+pub const DOCKERFILE: &str = "dockerfile.v0";
+pub const GATEWAY: &str = "gateway.v0";
+
+/// Largest Dockerfile or ignore file read.
+const MAX_FILE: usize = 16 << 20;
+
+/// What a frontend needs from the daemon.
+#[async_trait]
+pub trait FrontendHost<R>: Send + Sync {
+    /// Solves a definition now (the Dockerfile's own transfer).
+    async fn solve(&self, definition: pb::Definition) -> Result<R, Status>;
+    /// A file of a result, `None` when it does not exist.
+    async fn read_file(
+        &self,
+        result: &R,
+        path: &str,
+        limit: usize,
+    ) -> Result<Option<Vec<u8>>, Status>;
+    fn images(&self) -> &dyn ImageResolver;
+    /// The platform of the worker (build platform and default target).
+    fn platform(&self) -> pb::Platform;
+    /// The session the client serves its files through.
+    fn session_id(&self) -> String;
+}
+
+/// A frontend's answer: the definition of the result, and metadata such as
+/// the image config (`containerimage.config`).
+pub struct FrontendOutput {
+    pub definition: pb::Definition,
+    pub metadata: BTreeMap<String, Vec<u8>>,
+}
+
+/// Whether `name` is a frontend this daemon runs (with the attrs given).
+pub fn is_builtin(name: &str, attrs: &BTreeMap<String, String>) -> bool {
+    name == DOCKERFILE
+        || (name == GATEWAY
+            && attrs
+                .get("source")
+                .is_some_and(|s| s == DOCKERFILE || s == "dockerfile"))
+}
+
+/// Runs frontend `name` with `attrs` and `inputs` (`FrontendInputs`).
+pub async fn run<R: Send + Sync>(
+    name: &str,
+    host: &dyn FrontendHost<R>,
+    attrs: &BTreeMap<String, String>,
+    inputs: &BTreeMap<String, pb::Definition>,
+) -> Result<FrontendOutput, Status> {
+    if !is_builtin(name, attrs) {
+        return Err(Status::unimplemented(match name {
+            GATEWAY => format!(
+                "frontend images are not supported yet by buildkit-rs (source {:?})",
+                attrs.get("source").map(String::as_str).unwrap_or_default()
+            ),
+            other => format!("frontend {other:?} not found"),
+        }));
+    }
+    dockerfile(host, attrs, inputs).await
+}
+
+fn attr<'a>(attrs: &'a BTreeMap<String, String>, key: &str, default: &'a str) -> &'a str {
+    attrs
+        .get(key)
+        .map(String::as_str)
+        .filter(|v| !v.is_empty())
+        .unwrap_or(default)
+}
+
+/// A local source of the client's, only the files named.
+fn local_files(
+    name: &str,
+    session: &str,
+    files: &[&str],
+    hint: &str,
+    display: &str,
+) -> pb::Definition {
+    let attrs = BTreeMap::from([
+        ("local.followpaths".to_string(), serde_json_list(files)),
+        ("local.sharedkeyhint".to_string(), hint.to_string()),
+        ("local.session".to_string(), session.to_string()),
+        ("local.differ".to_string(), "none".to_string()),
+    ]);
+    builder::local(name, attrs).with_name(display).marshal()
+}
+
+fn serde_json_list(items: &[&str]) -> String {
+    let quoted: Vec<String> = items
+        .iter()
+        .map(|s| {
+            let mut out = String::from("\"");
+            for c in s.chars() {
+                match c {
+                    '"' => out.push_str("\\\""),
+                    '\\' => out.push_str("\\\\"),
+                    c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+                    c => out.push(c),
+                }
+            }
+            out.push('"');
+            out
+        })
+        .collect();
+    format!("[{}]", quoted.join(","))
+}
+
+/// `.dockerignore` lines as BuildKit reads them: comments and blanks
+/// dropped, each pattern trimmed and cleaned, a leading `/` removed.
+pub fn parse_ignore_file(text: &[u8]) -> Vec<String> {
+    let text = String::from_utf8_lossy(text);
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let line = line.trim_end_matches('\r');
+        if line.starts_with('#') {
+            continue;
+        }
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let (negated, pattern) = match line.strip_prefix('!') {
+            Some(rest) => (true, rest.trim()),
+            None => (false, line),
+        };
+        let cleaned = clean(pattern);
+        let cleaned = cleaned.strip_prefix('/').unwrap_or(&cleaned).to_string();
+        let cleaned = if cleaned.is_empty() {
+            ".".to_string()
+        } else {
+            cleaned
+        };
+        out.push(if negated {
+            format!("!{cleaned}")
+        } else {
+            cleaned
+        });
+    }
+    out
+}
+
+/// Go's `filepath.Clean` for slash paths.
+fn clean(p: &str) -> String {
+    let rooted = p.starts_with('/');
+    let mut parts: Vec<&str> = Vec::new();
+    for part in p.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                if parts.last().is_some_and(|l| *l != "..") {
+                    parts.pop();
+                } else if !rooted {
+                    parts.push("..");
+                }
+            }
+            other => parts.push(other),
+        }
+    }
+    let joined = parts.join("/");
+    match (rooted, joined.is_empty()) {
+        (true, _) => format!("/{joined}"),
+        (false, true) => ".".to_string(),
+        (false, false) => joined,
+    }
+}
+
+async fn dockerfile<R: Send + Sync>(
+    host: &dyn FrontendHost<R>,
+    attrs: &BTreeMap<String, String>,
+    inputs: &BTreeMap<String, pb::Definition>,
+) -> Result<FrontendOutput, Status> {
+    let filename = attr(attrs, "filename", "Dockerfile").to_string();
+    let dockerfile_key = attr(attrs, "dockerfilekey", "dockerfile").to_string();
+    let context_key = attr(attrs, "contextkey", "context").to_string();
+    let session = host.session_id();
+    let ignore_name = format!("{filename}.dockerignore");
+
+    // The Dockerfile, and its own ignore file beside it.
+    let definition = match inputs.get(&dockerfile_key) {
+        Some(def) => def.clone(),
+        None => local_files(
+            &dockerfile_key,
+            &session,
+            &[&filename, &ignore_name],
+            &filename,
+            &format!("[internal] load build definition from {filename}"),
+        ),
+    };
+    let files = host.solve(definition).await?;
+    let text = host
+        .read_file(&files, &filename, MAX_FILE)
+        .await?
+        .ok_or_else(|| {
+            Status::not_found(format!(
+                "failed to read dockerfile: open {filename}: no such file or directory"
+            ))
+        })?;
+
+    // Ignore patterns: `<Dockerfile>.dockerignore`, else the context's.
+    let ignore = match host.read_file(&files, &ignore_name, MAX_FILE).await? {
+        Some(text) => Some(text),
+        None if !inputs.contains_key(&context_key) => {
+            let def = local_files(
+                &context_key,
+                &session,
+                &[".dockerignore"],
+                ".dockerignore",
+                "[internal] load .dockerignore",
+            );
+            let result = host.solve(def).await?;
+            host.read_file(&result, ".dockerignore", MAX_FILE).await?
+        }
+        None => None,
+    };
+    let excludes = ignore.map(|t| parse_ignore_file(&t)).unwrap_or_default();
+
+    let opts = ConvertOptions::from_attrs(attrs, host.platform(), &session, &context_key, excludes)
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let converted = convert::convert(&text, &opts, host.images())
+        .await
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let metadata = BTreeMap::from([(
+        "containerimage.config".to_string(),
+        converted.image_config.clone(),
+    )]);
+    Ok(FrontendOutput {
+        definition: converted.definition,
+        metadata,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ignore_files_read_as_buildkit_reads_them() {
+        let text = b"# comment\n\n  node_modules \n/build/../dist\n!keep.log\n*.log\r\n./\n";
+        assert_eq!(
+            parse_ignore_file(text),
+            vec!["node_modules", "dist", "!keep.log", "*.log", "."]
+        );
+    }
+
+    #[test]
+    fn json_lists() {
+        assert_eq!(serde_json_list(&["a", "b\"c"]), r#"["a","b\"c"]"#);
+    }
+}
