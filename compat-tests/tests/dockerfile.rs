@@ -197,3 +197,43 @@ async fn dockerfile_errors_name_the_line() {
     let err = build(&daemon, &dir, None, &[], |_| {}).await.0.unwrap_err();
     assert!(err.contains("failed to read dockerfile"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parse_errors_carry_the_source_for_clients_to_print() {
+    use prost::Message;
+    let daemon = Daemon::start(DaemonOptions::default());
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("p");
+    project(
+        &dir,
+        "FROM scratch\nCOPY busybox /bin/\nFOO bar\nRUN true\n",
+    );
+    let flags = BuildFlags {
+        frontend: Some("dockerfile.v0".into()),
+        local: vec![
+            format!("context={}", dir.display()),
+            format!("dockerfile={}", dir.display()),
+        ],
+        ..Default::default()
+    };
+    let prepared = flags.to_request(None, &random("df"), &random("s")).unwrap();
+    let err = daemon
+        .client()
+        .await
+        .build(prepared, |_| {})
+        .await
+        .unwrap_err();
+    let bk_client::build::BuildError::Solve(bk_client::ClientError::Rpc(status)) = err else {
+        panic!("unexpected error {err}");
+    };
+    let details = bk_proto::google::rpc::Status::decode(status.details()).unwrap();
+    let source = details
+        .details
+        .iter()
+        .find(|d| d.type_url == "github.com/moby/buildkit/errdefs.Source+json")
+        .expect("errdefs.Source detail");
+    let json: serde_json::Value = serde_json::from_slice(&source.value).unwrap();
+    assert_eq!(json["info"]["filename"], "Dockerfile");
+    assert_eq!(json["info"]["language"], "Dockerfile");
+    assert_eq!(json["ranges"][0]["start"]["line"], 3);
+}

@@ -332,10 +332,18 @@ impl Builds {
         match returned {
             Returned::Ref(id) => Ok(Some(bridge.evaluate(&id).await?)),
             Returned::Empty => Ok(None),
-            Returned::Error(error) => Err(Status::new(
-                tonic::Code::from_i32(error.code),
-                error.message,
-            )),
+            // The client's error keeps its details (the Dockerfile source a
+            // frontend attached, stacks): clients print them.
+            Returned::Error(error) => {
+                use prost::Message;
+                let code = tonic::Code::from_i32(error.code);
+                let message = error.message.clone();
+                Err(if error.details.is_empty() {
+                    Status::new(code, message)
+                } else {
+                    Status::with_details(code, message, error.encode_to_vec().into())
+                })
+            }
         }
     }
 

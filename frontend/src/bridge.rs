@@ -304,7 +304,9 @@ impl<R: ResultRef> Bridge<R> {
         outcome.clone().map_err(|e| match e {
             SolveError::Canceled => Status::cancelled("context canceled"),
             SolveError::Invalid(m) => Status::invalid_argument(m),
-            SolveError::Op { message, .. } => Status::unknown(message),
+            SolveError::Op {
+                message, vertex, ..
+            } => op_error(&entry.definition, vertex.as_str(), &message),
         })
     }
 
@@ -374,4 +376,23 @@ impl<R: ResultRef> FrontendHost<R> for Bridge<R> {
     fn session_id(&self) -> String {
         self.session_group.first().cloned().unwrap_or_default()
     }
+}
+
+/// A failed op's error with BuildKit's details: the vertex, and where the
+/// definition's source map puts it (the Dockerfile lines of the step).
+fn op_error(definition: &pb::Definition, vertex: &str, message: &str) -> Status {
+    let mut details = vec![crate::builtin::vertex_detail(vertex)];
+    if let Some(source) = &definition.source
+        && let Some(locations) = source.locations.get(vertex)
+    {
+        for location in &locations.locations {
+            let info = usize::try_from(location.source_index)
+                .ok()
+                .and_then(|i| source.infos.get(i));
+            if let Some(info) = info {
+                details.push(crate::builtin::source_detail(info, &location.ranges));
+            }
+        }
+    }
+    crate::builtin::with_details(tonic::Code::Unknown, message, details)
 }

@@ -229,11 +229,17 @@ async fn dockerfile<R: Send + Sync>(
     };
     let excludes = ignore.map(|t| parse_ignore_file(&t)).unwrap_or_default();
 
-    let opts = ConvertOptions::from_attrs(attrs, host.platform(), &session, &context_key, excludes)
-        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let mut opts =
+        ConvertOptions::from_attrs(attrs, host.platform(), &session, &context_key, excludes)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    // Steps map back to their lines, so a failing one is shown in place.
+    opts.source_map = Some(convert::SourceMap {
+        filename: filename.clone(),
+        definition: None,
+    });
     let converted = convert::convert(&text, &opts, host.images())
         .await
-        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        .map_err(|e| with_source(&e.message, &filename, &text, &e.locations))?;
     let metadata = BTreeMap::from([(
         "containerimage.config".to_string(),
         converted.image_config.clone(),
@@ -244,8 +250,150 @@ async fn dockerfile<R: Send + Sync>(
     })
 }
 
+/// An error about Dockerfile lines, with BuildKit's `errdefs.Source` detail
+/// (the file and the line ranges): buildctl and buildx print the excerpt.
+pub fn with_source(
+    message: &str,
+    filename: &str,
+    text: &[u8],
+    lines: &[crate::dockerfile::LineRange],
+) -> Status {
+    if lines.is_empty() {
+        return Status::new(tonic::Code::Unknown, message);
+    }
+    let info = pb::SourceInfo {
+        filename: filename.to_string(),
+        data: text.to_vec(),
+        definition: None,
+        language: "Dockerfile".to_string(),
+    };
+    let ranges: Vec<pb::Range> = lines
+        .iter()
+        .map(|r| pb::Range {
+            start: Some(pb::Position {
+                line: r.start as i32,
+                character: 0,
+            }),
+            end: Some(pb::Position {
+                line: r.end as i32,
+                character: 0,
+            }),
+        })
+        .collect();
+    with_details(
+        tonic::Code::Unknown,
+        message,
+        vec![source_detail(&info, &ranges)],
+    )
+}
+
+/// A status carrying BuildKit's typed details (`Any` values in JSON, the
+/// type URL ending in `+json`, as BuildKit's grpcerrors writes them).
+pub fn with_details(code: tonic::Code, message: &str, details: Vec<prost_types::Any>) -> Status {
+    use prost::Message;
+    let status = bk_proto::google::rpc::Status {
+        code: code as i32,
+        message: message.to_string(),
+        details,
+    };
+    Status::with_details(code, message, status.encode_to_vec().into())
+}
+
+/// `errdefs.Source` as Go's encoding/json writes the generated struct:
+/// proto field names, empty fields left out, bytes in base64.
+pub fn source_detail(info: &pb::SourceInfo, ranges: &[pb::Range]) -> prost_types::Any {
+    let mut fields = Vec::new();
+    if !info.filename.is_empty() {
+        fields.push(format!("\"filename\":{}", json_string(&info.filename)));
+    }
+    if !info.data.is_empty() {
+        fields.push(format!("\"data\":\"{}\"", base64_encode(&info.data)));
+    }
+    if !info.language.is_empty() {
+        fields.push(format!("\"language\":{}", json_string(&info.language)));
+    }
+    let position = |p: &Option<pb::Position>| -> Option<String> {
+        let p = p.as_ref()?;
+        let mut f = Vec::new();
+        if p.line != 0 {
+            f.push(format!("\"line\":{}", p.line));
+        }
+        if p.character != 0 {
+            f.push(format!("\"character\":{}", p.character));
+        }
+        Some(format!("{{{}}}", f.join(",")))
+    };
+    let ranges: Vec<String> = ranges
+        .iter()
+        .map(|r| {
+            let mut f = Vec::new();
+            if let Some(s) = position(&r.start) {
+                f.push(format!("\"start\":{s}"));
+            }
+            if let Some(e) = position(&r.end) {
+                f.push(format!("\"end\":{e}"));
+            }
+            format!("{{{}}}", f.join(","))
+        })
+        .collect();
+    let mut json = format!("{{\"info\":{{{}}}", fields.join(","));
+    if !ranges.is_empty() {
+        json.push_str(&format!(",\"ranges\":[{}]", ranges.join(",")));
+    }
+    json.push('}');
+    prost_types::Any {
+        type_url: "github.com/moby/buildkit/errdefs.Source+json".to_string(),
+        value: json.into_bytes(),
+    }
+}
+
+/// `errdefs.Vertex`: which vertex failed.
+pub fn vertex_detail(digest: &str) -> prost_types::Any {
+    prost_types::Any {
+        type_url: "github.com/moby/buildkit/errdefs.Vertex+json".to_string(),
+        value: format!("{{\"digest\":{}}}", json_string(digest)).into_bytes(),
+    }
+}
+
+fn json_string(s: &str) -> String {
+    serde_json_list(&[s])
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string()
+}
+
+fn base64_encode(data: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn base64_like_go() {
+        assert_eq!(super::base64_encode(b""), "");
+        assert_eq!(super::base64_encode(b"f"), "Zg==");
+        assert_eq!(super::base64_encode(b"fo"), "Zm8=");
+        assert_eq!(super::base64_encode(b"foo"), "Zm9v");
+        assert_eq!(super::base64_encode(b"FROM x\n"), "RlJPTSB4Cg==");
+    }
+
     use super::*;
 
     #[test]
