@@ -237,3 +237,29 @@ async fn parse_errors_carry_the_source_for_clients_to_print() {
     assert_eq!(json["info"]["language"], "Dockerfile");
     assert_eq!(json["ranges"][0]["start"]["line"], 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_mounts_with_one_id_twice_and_with_a_source() {
+    let daemon = Daemon::start(DaemonOptions::default());
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("p");
+    project(
+        &dir,
+        r#"FROM scratch
+COPY busybox /bin/busybox
+RUN ["/bin/busybox", "--install", "-s", "/bin"]
+RUN --mount=type=cache,id=c,target=/seed mkdir -p /seed/sub && echo in-sub > /seed/sub/f
+RUN --mount=type=cache,id=c,target=/a,sharing=locked --mount=type=cache,id=c,target=/b,sharing=locked \
+    touch /a/x && ls /b > /both
+RUN --mount=type=cache,id=c,target=/s,source=sub cat /s/f > /from-sub
+"#,
+    );
+    let out = tmp.path().join("out");
+    build(&daemon, &dir, Some(&out), &[], |_| {})
+        .await
+        .0
+        .unwrap();
+    let read = |p: &str| std::fs::read_to_string(out.join(p)).unwrap();
+    assert!(read("both").contains('x'), "one cache seen at both paths");
+    assert_eq!(read("from-sub"), "in-sub\n");
+}

@@ -285,11 +285,11 @@ impl Builds {
         let (bridge, _returned) = Bridge::new(
             self.solver.clone(),
             progress.clone(),
-            session_group,
+            session_group.clone(),
             cancel,
             self.workers.clone(),
             req.entitlements.clone(),
-            crate::frontends::services(self.images.clone()),
+            crate::frontends::services(self.images.clone(), session_group),
         );
         let out = bk_frontend::builtin::run(
             &req.frontend,
@@ -315,11 +315,11 @@ impl Builds {
         let (bridge, returned) = Bridge::new(
             self.solver.clone(),
             progress.clone(),
-            session_group,
+            session_group.clone(),
             cancel,
             self.workers.clone(),
             entitlements,
-            crate::frontends::services(self.images.clone()),
+            crate::frontends::services(self.images.clone(), session_group),
         );
         self.bridges
             .lock()

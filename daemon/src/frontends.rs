@@ -34,6 +34,17 @@ impl ResultFiles<Ref> for SnapshotFiles {
 fn read_file(root: &std::path::Path, path: &str, limit: usize) -> Result<Option<Vec<u8>>, Status> {
     let full = bk_fileops::resolve_in_root(root, path, true)
         .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    // Look before opening: opening a device node can have effects.
+    match std::fs::symlink_metadata(&full) {
+        Ok(meta) if meta.is_file() => {}
+        Ok(_) => {
+            return Err(Status::invalid_argument(format!(
+                "{path} is not a regular file"
+            )));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Status::invalid_argument(format!("stat {path}: {e}"))),
+    }
     let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
     let file = match std::fs::OpenOptions::new()
         .read(true)
@@ -66,7 +77,7 @@ fn read_file(root: &std::path::Path, path: &str, limit: usize) -> Result<Option<
 
 /// Image configs for `FROM <image>`, pulled through the worker's image
 /// sources (so the layers are there when the build needs them).
-pub struct PulledImages(pub Arc<bk_ops::image::ImageSources>);
+pub struct PulledImages(pub Arc<bk_ops::image::ImageSources>, pub Vec<String>);
 
 #[async_trait]
 impl ImageResolver for PulledImages {
@@ -81,22 +92,25 @@ impl ImageResolver for PulledImages {
             variant: platform.variant.clone(),
             ..Default::default()
         };
-        let (digest, config) = self.0.config(reference, &wanted).await?;
+        let (digest, config) = self.0.config(reference, &wanted, self.1.clone()).await?;
         let json = bk_image::json::to_vec(&config).map_err(|e| e.to_string())?;
         Ok((digest, json))
     }
 }
 
-pub fn services(images: Arc<bk_ops::image::ImageSources>) -> BridgeServices<Ref> {
+pub fn services(
+    images: Arc<bk_ops::image::ImageSources>,
+    session_group: Vec<String>,
+) -> BridgeServices<Ref> {
     BridgeServices {
         files: Arc::new(SnapshotFiles),
-        images: Arc::new(PulledImages(images)),
+        images: Arc::new(PulledImages(images, session_group)),
     }
 }
 
-/// Registry credentials from whichever connected client has them: the
-/// puller is shared by the worker's builds, and BuildKit too asks the
-/// sessions of the builds that are running.
+/// Registry credentials from the sessions of the build that asks (set
+/// around each pull with [`bk_ops::image::with_session_group`]); never from
+/// another client's session. Without a build, anonymous.
 pub struct SessionCredentials(pub Arc<bk_session::SessionManager>);
 
 impl bk_image::registry::auth::CredentialsProvider for SessionCredentials {
@@ -105,7 +119,7 @@ impl bk_image::registry::auth::CredentialsProvider for SessionCredentials {
         host: &'a str,
     ) -> futures::future::BoxFuture<'a, Option<bk_image::registry::auth::Credentials>> {
         Box::pin(async move {
-            let ids = self.0.ids();
+            let ids = bk_ops::image::current_session_group()?;
             let found = bk_session::auth::credentials(&self.0, &ids, host)
                 .await
                 .ok()?;

@@ -218,6 +218,16 @@ fn read_range(
     use std::os::unix::fs::OpenOptionsExt;
     let full = bk_fileops::resolve_in_root(root, path, true)
         .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    // Look before opening: opening a device node can have effects.
+    match std::fs::symlink_metadata(&full) {
+        Ok(meta) if meta.is_file() => {}
+        Ok(_) => {
+            return Err(Status::invalid_argument(format!(
+                "{path} is not a regular file"
+            )));
+        }
+        Err(e) => return Err(Status::not_found(format!("open {path}: {e}"))),
+    }
     let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
     let mut file = std::fs::OpenOptions::new()
         .read(true)

@@ -21,6 +21,22 @@ use bk_solver::{Op, OpContext, OpError};
 use prost_types::Timestamp;
 use sha2::{Digest as _, Sha256};
 
+tokio::task_local! {
+    /// The sessions of the build a pull is for: where registry credentials
+    /// may come from.
+    static SESSION_GROUP: Vec<String>;
+}
+
+/// Runs `f` with `group` as the build's sessions for credential lookups.
+pub async fn with_session_group<F: std::future::Future>(group: Vec<String>, f: F) -> F::Output {
+    SESSION_GROUP.scope(group, f).await
+}
+
+/// The sessions of the build being served, if any.
+pub fn current_session_group() -> Option<Vec<String>> {
+    SESSION_GROUP.try_with(|g| g.clone()).ok()
+}
+
 /// What every image source of a worker shares.
 pub struct ImageSources {
     pub puller: Puller,
@@ -53,13 +69,12 @@ impl ImageSources {
         &self,
         reference: &str,
         platform: &Platform,
+        session_group: Vec<String>,
     ) -> Result<(String, Image), String> {
         let parsed = Reference::parse_normalized_named(reference)
             .map_err(|e| e.to_string())?
             .tag_name_only();
-        let pulled = self
-            .puller
-            .pull(&parsed, platform, None)
+        let pulled = with_session_group(session_group, self.puller.pull(&parsed, platform, None))
             .await
             .map_err(|e| e.to_string())?;
         self.remember(&parsed, platform, pulled.descriptor.digest.as_str());
@@ -128,7 +143,7 @@ impl ImageSource {
         })
     }
 
-    async fn resolve(&self) -> Result<Reference, OpError> {
+    async fn resolve(&self, group: &[String]) -> Result<Reference, OpError> {
         if let Some(r) = self.resolved.lock().await.clone() {
             return Ok(r);
         }
@@ -149,13 +164,12 @@ impl ImageSource {
             let digest = match known {
                 Some(d) => d,
                 None => {
-                    let resolved = self
-                        .sources
-                        .puller
-                        .client()
-                        .resolve(&self.reference)
-                        .await
-                        .map_err(|e| OpError::new(e.to_string()))?;
+                    let resolved = with_session_group(
+                        group.to_vec(),
+                        self.sources.puller.client().resolve(&self.reference),
+                    )
+                    .await
+                    .map_err(|e| OpError::new(e.to_string()))?;
                     let d = resolved.descriptor.digest.to_string();
                     self.sources.remember(&self.reference, &self.platform, &d);
                     d
@@ -182,8 +196,8 @@ fn now() -> Timestamp {
 
 #[async_trait]
 impl Op<Ref> for ImageSource {
-    async fn cache_key(&self, _ctx: &OpContext, _inputs: &[Digest]) -> Result<Digest, OpError> {
-        let resolved = self.resolve().await?;
+    async fn cache_key(&self, ctx: &OpContext, _inputs: &[Digest]) -> Result<Digest, OpError> {
+        let resolved = self.resolve(&ctx.session_group).await?;
         let material = format!(
             "docker-image v1\0{}\0{}",
             resolved.digest().map(|d| d.to_string()).unwrap_or_default(),
@@ -197,7 +211,7 @@ impl Op<Ref> for ImageSource {
     }
 
     async fn exec(&self, ctx: &OpContext, _inputs: Vec<Ref>) -> Result<Vec<Ref>, OpError> {
-        let reference = self.resolve().await?;
+        let reference = self.resolve(&ctx.session_group).await?;
         let progress = ctx.progress.clone();
         let started: Arc<Mutex<HashMap<String, Timestamp>>> = Arc::default();
         let report = Arc::new(move |p: &BlobProgress| {
@@ -213,12 +227,14 @@ impl Op<Ref> for ImageSource {
             );
             progress.status(&id, p.current as i64, p.total as i64, begun, done.then(now));
         });
-        let pulled = self
-            .sources
-            .puller
-            .pull(&reference, &self.platform, Some(report))
-            .await
-            .map_err(|e| OpError::new(e.to_string()))?;
+        let pulled = with_session_group(
+            ctx.session_group.to_vec(),
+            self.sources
+                .puller
+                .pull(&reference, &self.platform, Some(report)),
+        )
+        .await
+        .map_err(|e| OpError::new(e.to_string()))?;
 
         // Unpack what is missing, bottom up, by chain id.
         let mut parent: Option<Ref> = None;

@@ -19,6 +19,7 @@ use crate::ExecError;
 pub struct CacheMounts {
     /// Per snapshot name: the lock `locked` and `private` users take.
     state: Mutex<HashMap<String, Arc<Instance>>>,
+    creating: tokio::sync::Mutex<()>,
 }
 
 #[derive(Default)]
@@ -93,6 +94,9 @@ impl CacheMounts {
                 },
             }
         };
+        // Two first users must not both create the cache (one would be
+        // lost): finding or creating happens under one lock.
+        let _creating = self.creating.lock().await;
         let cache2 = cache.clone();
         let snapshot = tokio::task::spawn_blocking(move || -> Result<Ref, ExecError> {
             if let Some(existing) = cache2
@@ -102,9 +106,11 @@ impl CacheMounts {
                 return Ok(existing);
             }
             let (new_id, path) = cache2.create_dir()?;
-            if let Some(seed) = &seed {
-                bk_fileops::clone_tree(seed.path(), &path)
-                    .map_err(|e| ExecError::Io(format!("seeding cache mount: {e}")))?;
+            if let Some(seed) = &seed
+                && let Err(e) = bk_fileops::clone_tree(seed.path(), &path)
+            {
+                let _ = std::fs::remove_dir_all(&path);
+                return Err(ExecError::Io(format!("seeding cache mount: {e}")));
             }
             let parents = seed.iter().map(|s| s.id().to_string()).collect();
             let held =

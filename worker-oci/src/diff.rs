@@ -83,7 +83,7 @@ fn make_diff(lower: Option<&Ref>, upper: Option<&Ref>, out: &Path) -> Result<Vec
     let lower_path: &Path = match lower {
         Some(r) => r.path(),
         None => {
-            empty = tempdir_beside(out).map_err(|e| fail(&e))?;
+            empty = tempdir_beside(out, "lower").map_err(|e| fail(&e))?;
             empty.as_path()
         }
     };
@@ -91,7 +91,7 @@ fn make_diff(lower: Option<&Ref>, upper: Option<&Ref>, out: &Path) -> Result<Vec
         Some(u) => overlay::diff_trees(lower_path, u.path(), out).map_err(|e| fail(&e)),
         None => {
             // Everything the lower has goes.
-            let empty_upper = tempdir_beside(out).map_err(|e| fail(&e))?;
+            let empty_upper = tempdir_beside(out, "upper").map_err(|e| fail(&e))?;
             let r = overlay::diff_trees(lower_path, &empty_upper, out).map_err(|e| fail(&e));
             let _ = std::fs::remove_dir(&empty_upper);
             r
@@ -109,9 +109,9 @@ fn make_diff(lower: Option<&Ref>, upper: Option<&Ref>, out: &Path) -> Result<Vec
 
 /// An empty directory next to `out` (same filesystem, removed by the
 /// caller).
-fn tempdir_beside(out: &Path) -> std::io::Result<PathBuf> {
+fn tempdir_beside(out: &Path, role: &str) -> std::io::Result<PathBuf> {
     let dir = out.with_file_name(format!(
-        "{}-empty",
+        "{}-empty-{role}",
         out.file_name().and_then(|n| n.to_str()).unwrap_or("diff")
     ));
     std::fs::create_dir(&dir)?;

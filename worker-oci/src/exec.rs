@@ -57,6 +57,7 @@ impl Op<Ref> for ExecOp {
             exec: self.exec.clone(),
             ctx: ctx.clone(),
             cancel,
+            held_caches: Default::default(),
         };
         let task = self.shared.tasks.spawn(step.run(inputs));
         let result = task
@@ -99,6 +100,8 @@ struct Step {
     exec: pb::ExecOp,
     ctx: OpContext,
     cancel: CancellationToken,
+    /// Cache mounts this step holds, by id.
+    held_caches: std::sync::Mutex<std::collections::HashMap<String, Ref>>,
 }
 
 fn describe_args(args: &[String]) -> String {
@@ -331,6 +334,12 @@ impl Step {
             }
         }
 
+        if meta.cgroup_parent.split('/').any(|c| c == "..") {
+            return Err(invalid(format!(
+                "invalid cgroup parent {:?}",
+                meta.cgroup_parent
+            )));
+        }
         let params = SpecParams {
             args: meta.args.clone(),
             env,
@@ -465,16 +474,55 @@ impl Step {
                     "cached mount {} from exec {shown} with id {:?}",
                     m.dest, opt.id
                 );
-                let lease = self
-                    .shared
-                    .cache_mounts
-                    .acquire(&self.shared.cache, &opt.id, sharing, input, description)
-                    .await?;
-                let path = within(lease.snapshot.path(), &m.selector).await?;
-                keep.push(Box::new(lease));
+                // One lease per cache within a step: a second `locked`
+                // mount of the same id would wait for itself.
+                let held = self
+                    .held_caches
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&opt.id)
+                    .cloned();
+                let root = match held {
+                    Some(snapshot) => snapshot,
+                    None => {
+                        let lease = tokio::select! {
+                            lease = self.shared.cache_mounts.acquire(
+                                &self.shared.cache,
+                                &opt.id,
+                                sharing,
+                                input,
+                                description,
+                            ) => lease?,
+                            _ = self.cancel.cancelled() => return Err(ExecError::Canceled),
+                            _ = self.shared.stopping.cancelled() => return Err(ExecError::Canceled),
+                        };
+                        let snapshot = lease.snapshot.clone();
+                        self.held_caches
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(opt.id.clone(), snapshot.clone());
+                        keep.push(Box::new(lease));
+                        snapshot
+                    }
+                };
+                // Other steps may be changing this directory right now: a
+                // sub-path is pinned by descriptor and bound into the step's
+                // own directory, so no symlink swapped in later is followed.
+                let path = if m.selector.is_empty() || m.selector == "/" {
+                    root.path().to_path_buf()
+                } else {
+                    let target = dir.join(format!("cache-{index}"));
+                    let (root_path, selector, t) = (
+                        root.path().to_path_buf(),
+                        m.selector.clone(),
+                        target.clone(),
+                    );
+                    blocking(move || pin_subdir(&root_path, &selector, &t)).await?;
+                    target
+                };
                 Ok(Source::Bind {
                     path,
-                    readonly: false,
+                    readonly: m.readonly,
                 })
             }
             pb::MountType::Tmpfs => Ok(Source::Tmpfs {
@@ -705,20 +753,24 @@ impl Step {
                 );
                 let parents = layer.parent.iter().map(|p| p.id().to_string()).collect();
                 let (id, path) = cache.create_dir()?;
-                match snapshotter {
-                    Snapshotter::Overlay => {
+                let made = match snapshotter {
+                    Snapshotter::Overlay => (|| {
                         // The upper dir is complete only once unmounted.
                         mounts::unmount(&layer.merged).map_err(|e| ExecError::Io(e.to_string()))?;
                         bk_fileops::link_tree(&layer.lower, &path)
                             .map_err(|e| ExecError::Io(e.to_string()))?;
                         overlay::apply_upper(&layer.upper, &path)
-                            .map_err(|e| ExecError::Io(e.to_string()))?;
-                    }
-                    Snapshotter::Native => {
-                        std::fs::remove_dir(&path).map_err(|e| io_err("remove", &path, e))?;
-                        std::fs::rename(&layer.merged, &path)
-                            .map_err(|e| io_err("rename", &layer.merged, e))?;
-                    }
+                            .map_err(|e| ExecError::Io(e.to_string()))
+                    })(),
+                    Snapshotter::Native => std::fs::remove_dir(&path)
+                        .and_then(|()| std::fs::rename(&layer.merged, &path))
+                        .map_err(|e| io_err("rename", &layer.merged, e)),
+                };
+                if let Err(e) = made {
+                    // Unrecorded, so never served; removed now rather than
+                    // at the next start.
+                    let _ = std::fs::remove_dir_all(&path);
+                    return Err(e);
                 }
                 out[index] =
                     Some(cache.commit(&id, RecordType::Regular, &description, parents, false)?);
@@ -759,12 +811,13 @@ async fn stream_logs(
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
-        let left = budget.load(Ordering::Acquire);
-        if left == 0 {
+        // Both streams draw on one budget: take atomically what is left.
+        let Ok(left) = budget.fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| {
+            (left > 0).then(|| left - n.min(left))
+        }) else {
             continue;
-        }
+        };
         let take = n.min(left);
-        budget.fetch_sub(take, Ordering::AcqRel);
         ctx.progress.log(stream, &buf[..take]);
         if take < n || take == left {
             ctx.progress.log(
@@ -795,6 +848,35 @@ async fn within(root: &Path, selector: &str) -> Result<PathBuf, ExecError> {
             .map_err(|e| ExecError::Invalid(e.to_string()))
     })
     .await
+}
+
+/// Binds `selector` inside `root` onto `target` (created as a directory),
+/// resolving it once, inside `root`, through descriptors: `openat2` with
+/// `RESOLVE_IN_ROOT` never leaves `root`, and the bind mount takes the
+/// opened directory itself, whatever its path becomes afterwards.
+fn pin_subdir(root: &Path, selector: &str, target: &Path) -> Result<(), ExecError> {
+    use rustix::fs::{Mode, OFlags, ResolveFlags};
+    let root_fd = rustix::fs::open(
+        root,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| io_err("open", root, e.into()))?;
+    let rel = selector.trim_start_matches('/');
+    let fd = rustix::fs::openat2(
+        &root_fd,
+        rel,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+    )
+    .map_err(|e| invalid(format!("cache mount source {selector:?}: {e}")))?;
+    std::fs::create_dir(target).map_err(|e| io_err("create", target, e))?;
+    let source = PathBuf::from(format!(
+        "/proc/self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(&fd)
+    ));
+    mounts::bind_mount(&source, target, false).map_err(|e| ExecError::Io(e.to_string()))
 }
 
 /// Writes a secret readable only as the mount options say.
