@@ -811,11 +811,15 @@ async fn insecure_steps_need_their_entitlement() {
     let ctx = tempfile::tempdir().unwrap();
     make_rootfs(ctx.path());
     let step = |security| {
-        sh(&rootfs(), "grep CapEff /proc/self/status > /caps")
-            .security(security)
-            .finish()
-            .root()
-            .marshal()
+        sh(
+            &rootfs(),
+            "grep CapEff /proc/self/status > /caps; \
+             (unshare -U true 2>/dev/null && echo yes || echo no) > /userns",
+        )
+        .security(security)
+        .finish()
+        .root()
+        .marshal()
     };
     let daemon = start("auto");
     let err = Build::new(&daemon, ctx.path())
@@ -853,4 +857,7 @@ async fn insecure_steps_need_their_entitlement() {
     // Sandboxed: BuildKit's fourteen capabilities; insecure: all of them.
     assert_eq!(caps(sandboxed.path()), "00000000a80425fb");
     assert_ne!(caps(insecure.path()), caps(sandboxed.path()));
+    // The sandbox's seccomp profile refuses new user namespaces.
+    assert_eq!(read(sandboxed.path().join("userns")).trim(), "no");
+    assert_eq!(read(insecure.path().join("userns")).trim(), "yes");
 }

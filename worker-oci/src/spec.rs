@@ -320,6 +320,9 @@ pub fn build(p: &SpecParams) -> Result<Spec, ExecError> {
                     .collect::<Vec<_>>(),
             );
     }
+    if !p.insecure {
+        linux = linux.seccomp(sandbox_seccomp()?);
+    }
     let linux = linux.build().map_err(spec_err)?;
 
     let mut mounts = standard_mounts(p.insecure)?;
@@ -348,6 +351,64 @@ pub fn build(p: &SpecParams) -> Result<Spec, ExecError> {
         .linux(linux)
         .build()
         .map_err(spec_err)
+}
+
+/// Syscalls a sandboxed step may not make (EPERM), beyond what its
+/// capabilities already forbid: new user namespaces (the way most kernel
+/// exploits reach code root in a container should not), keyrings, BPF,
+/// perf, userfaultfd, kexec. `clone3` answers ENOSYS, as Docker's profile
+/// does, so C libraries fall back to `clone`, whose flags are checked.
+fn sandbox_seccomp() -> Result<oci_spec::runtime::LinuxSeccomp, ExecError> {
+    const CLONE_NEWUSER: u64 = 0x1000_0000;
+    let denied = [
+        "unshare",
+        "setns",
+        "keyctl",
+        "add_key",
+        "request_key",
+        "bpf",
+        "perf_event_open",
+        "userfaultfd",
+        "kexec_load",
+        "kexec_file_load",
+        "open_by_handle_at",
+        "init_module",
+        "finit_module",
+        "delete_module",
+        "pivot_root",
+        "swapon",
+        "swapoff",
+        "reboot",
+        "acct",
+        "lookup_dcookie",
+        "iopl",
+        "ioperm",
+        "mount",
+        "umount2",
+        "fsopen",
+        "fsmount",
+        "move_mount",
+        "open_tree",
+    ];
+    let profile = serde_json::json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "syscalls": [
+            {"names": denied, "action": "SCMP_ACT_ERRNO", "errnoRet": 1},
+            {
+                "names": ["clone"],
+                "action": "SCMP_ACT_ERRNO",
+                "errnoRet": 1,
+                "args": [{
+                    "index": 0,
+                    "value": CLONE_NEWUSER,
+                    "valueTwo": CLONE_NEWUSER,
+                    "op": "SCMP_CMP_MASKED_EQ"
+                }]
+            },
+            {"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38}
+        ]
+    });
+    serde_json::from_value(profile).map_err(spec_err)
 }
 
 /// Capability names by bit number, as the kernel numbers them.
@@ -464,6 +525,7 @@ mod tests {
             .unwrap();
         assert_eq!(caps.len(), 14);
         assert!(!caps.iter().any(|c| c == "CAP_SYS_ADMIN"));
+        assert_eq!(json["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ALLOW");
         let last = json["mounts"].as_array().unwrap().last().unwrap().clone();
         assert_eq!(last["destination"], "/tmp");
         assert!(
@@ -487,6 +549,7 @@ mod tests {
         assert!(!ns.iter().any(|n| n["type"] == "network"));
         assert!(!ns.iter().any(|n| n["type"] == "pid"));
         assert!(json["process"].get("apparmorProfile").is_none());
+        assert!(json["linux"].get("seccomp").is_none());
         assert!(
             json["process"]["capabilities"]["bounding"]
                 .as_array()
