@@ -37,6 +37,10 @@
 //!   fail rather than go through a symlink; owner, xattrs and times are set
 //!   with the `l*`/`AT_SYMLINK_NOFOLLOW` calls or on the open file.
 //! - Hard link targets are resolved the same way and must exist in `root`.
+//!   A target whose inode also has names elsewhere (snapshots made with
+//!   `bk_fileops::link_tree` share inodes with the one below) is first
+//!   given an inode of its own, so the link entry's owner, mode and times
+//!   cannot change another tree.
 //! - Whiteouts can only name an entry of their own directory.
 //! - Memory stays bounded: file data is streamed through a fixed buffer, and
 //!   the tar headers of one entry (PAX records, GNU long names) may not
@@ -48,18 +52,24 @@
 //! As with the rest of the daemon's tree code, nothing else may change
 //! `root` while a layer is applied.
 //!
+//! Entry types are containerd's: directories, regular files, hard and
+//! symbolic links, character and block devices, FIFOs. PAX global headers
+//! are skipped, and devices too inside a user namespace (with a warning);
+//! any other type (GNU sparse files included: Go's reader leaves them `S`)
+//! is an error, `unhandled tar header type`, unless it is a whiteout.
+//!
 //! # Differences from containerd, on purpose
 //!
-//! - GNU sparse entries (`S`) are refused, as containerd refuses them
-//!   (`unhandled tar header type`), and so are the other types it does not
-//!   handle; PAX global headers are skipped, devices inside a user
-//!   namespace skipped with a warning, as there.
 //! - An opaque marker keeps the directories leading to entries this layer
 //!   added even when the layer has no entry for those directories
 //!   themselves (containerd would delete them with their new contents).
 //! - A directory that a later entry of the same layer replaced or removed
 //!   does not get its times restored at the end (containerd would fail on
 //!   the missing path or set the times through the replacing symlink).
+//! - A hard link to something an earlier layer made, with other names,
+//!   copies it up first (above); containerd's snapshots are copies, so it
+//!   links to it in place. Layers from containerd, BuildKit and Docker
+//!   only link within themselves.
 //! - Names that are not UTF-8 are refused: `resolve_in_root` takes `&str`.
 //!
 //! Blocking code: callers run it on a blocking thread.
@@ -91,6 +101,9 @@ const COPY_BUFFER: usize = 256 << 10;
 const WHITEOUT_PREFIX: &[u8] = b".wh.";
 const WHITEOUT_OPAQUE: &[u8] = b".wh..wh..opq";
 const PAX_XATTR: &[u8] = b"SCHILY.xattr.";
+
+/// `O_NOFOLLOW`, as std's `custom_flags` wants it.
+const O_NOFOLLOW: i32 = rustix::fs::OFlags::NOFOLLOW.bits() as i32;
 
 /// ruzstd's default, 128 MiB: every zstd level up to `--ultra -22` and
 /// `--long` at its default fit; a hostile frame asking for more is refused
@@ -225,7 +238,8 @@ pub fn apply_layer(
 /// uncompressed OCI type is read as is.
 fn decompress<'r>(mut layer: impl Read + 'r, sniff: bool) -> io::Result<Box<dyn Read + 'r>> {
     if !sniff {
-        return Ok(Box::new(layer));
+        // Buffered: the tar reader reads headers 512 bytes at a time.
+        return Ok(Box::new(BufReader::with_capacity(COPY_BUFFER, layer)));
     }
     let mut head = [0u8; 10];
     let mut len = 0;
@@ -322,7 +336,9 @@ impl<R: BufRead> Read for ZstdFrames<R> {
                 }
                 self.frame
                     .decode_blocks(&mut self.src, BlockDecodingStrategy::UptoBlocks(1))
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("zstd: {e}")))?;
+                    .map_err(|e| {
+                        io::Error::new(io::ErrorKind::InvalidData, format!("zstd: {e}"))
+                    })?;
             } else {
                 if self.src.fill_buf()?.is_empty() {
                     return Ok(0);
@@ -405,6 +421,8 @@ enum Kind {
     Char,
     Block,
     Fifo,
+    /// A type containerd does not apply; an error unless it is a whiteout.
+    Unhandled(u8),
 }
 
 /// Nanoseconds since the epoch; wide enough for any header value.
@@ -445,9 +463,10 @@ impl Applier<'_> {
         framing: &Framing,
     ) -> Result<Option<String>, UnpackError> {
         let mut archive = tar::Archive::new(stream);
-        let mut entries = archive
-            .entries()
-            .map_err(|source| UnpackError::Read { after: None, source })?;
+        let mut entries = archive.entries().map_err(|source| UnpackError::Read {
+            after: None,
+            source,
+        })?;
         let mut last: Option<String> = None;
         loop {
             // Everything read from here to the entry is its headers.
@@ -455,7 +474,12 @@ impl Applier<'_> {
             let mut entry = match entries.next() {
                 None => return Ok(last),
                 Some(Ok(entry)) => entry,
-                Some(Err(source)) => return Err(UnpackError::Read { after: last, source }),
+                Some(Err(source)) => {
+                    return Err(UnpackError::Read {
+                        after: last,
+                        source,
+                    });
+                }
             };
             framing.in_data.set(true);
             let name = clean_name(&entry.path_bytes());
@@ -520,6 +544,9 @@ impl Applier<'_> {
             return remove_all(&victim).map_err(|e| self.io(&shown, "remove", &victim, e));
         }
 
+        if let Kind::Unhandled(kind) = hdr.kind {
+            return Err(UnpackError::UnhandledType { entry: shown, kind });
+        }
         match fs::symlink_metadata(&path) {
             Ok(meta) if meta.is_dir() && hdr.kind == Kind::Dir => {}
             Ok(_) => remove_all(&path).map_err(|e| self.io(&shown, "remove", &path, e))?,
@@ -565,7 +592,7 @@ impl Applier<'_> {
                 let mut file = fs::OpenOptions::new()
                     .write(true)
                     .create_new(true)
-                    .custom_flags(libc_flags::O_NOFOLLOW)
+                    .custom_flags(O_NOFOLLOW)
                     .mode(perm)
                     .open(path)
                     .map_err(|e| self.io(shown, "open", path, e))?;
@@ -592,6 +619,8 @@ impl Applier<'_> {
                     Kind::Block => FileType::BlockDevice,
                     _ => FileType::Fifo,
                 };
+                // Mode bits go through the umask here; set_metadata sets
+                // them exactly.
                 let dev = rustix::fs::makedev(hdr.device.0, hdr.device.1);
                 rustix::fs::mknodat(CWD, path, file_type, Mode::from_raw_mode(perm), dev)
                     .map_err(|e| self.io(shown, "mknod", path, e.into()))?;
@@ -605,6 +634,7 @@ impl Applier<'_> {
             }
             Kind::HardLink => {
                 let target = self.link_target(hdr, shown)?;
+                self.copy_up(&target, shown)?;
                 // link(2) does not follow a symlink at `target`: the new
                 // name is one more link to the symlink itself, as in
                 // containerd.
@@ -616,7 +646,107 @@ impl Applier<'_> {
                 })?;
                 Ok(None)
             }
+            // Refused before anything was removed (see `apply`).
+            Kind::Unhandled(kind) => Err(UnpackError::UnhandledType {
+                entry: shown.to_owned(),
+                kind,
+            }),
         }
+    }
+
+    /// Gives `target` an inode of its own before a hard link entry joins
+    /// it and sets its owner, mode, xattrs and times — when it is not this
+    /// layer's and its inode has other names. Those may be in another tree
+    /// (snapshots made with `bk_fileops::link_tree` share file inodes with
+    /// the snapshot below, which must never change), so the metadata must
+    /// not reach them. overlayfs copy-up does the same; containerd, whose
+    /// native snapshots are copies, need not. Layers written by containerd,
+    /// BuildKit or Docker only link to files of the same layer, so this is
+    /// for the odd (or hostile) layer.
+    fn copy_up(&self, target: &Path, shown: &str) -> Result<(), UnpackError> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = match fs::symlink_metadata(target) {
+            Ok(meta) => meta,
+            // link() reports it, with both names.
+            Err(_) => return Ok(()),
+        };
+        if meta.is_dir() || meta.nlink() <= 1 || self.unpacked.contains(target) {
+            return Ok(());
+        }
+        let (Some(dir), Some(name)) = (target.parent(), target.file_name()) else {
+            return Ok(());
+        };
+        let io = |op, p: &Path, e: io::Error| self.io(shown, op, p, e);
+        let ft = meta.file_type();
+        let mode = meta.mode() & 0o7777;
+        let link = if ft.is_symlink() {
+            Some(fs::read_link(target).map_err(|e| io("readlink", target, e))?)
+        } else {
+            None
+        };
+        // The copy, under a name nothing has: each way of creating it
+        // fails on an existing name, and the next name is tried.
+        let create = |tmp: &Path| -> io::Result<()> {
+            if ft.is_file() {
+                let mut dst = fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .custom_flags(O_NOFOLLOW)
+                    .mode(0o600)
+                    .open(tmp)?;
+                let mut src = fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(O_NOFOLLOW)
+                    .open(target)?;
+                if let Err(e) = io::copy(&mut src, &mut dst) {
+                    let _ = fs::remove_file(tmp);
+                    return Err(e);
+                }
+                Ok(())
+            } else if let Some(link) = &link {
+                std::os::unix::fs::symlink(link, tmp)
+            } else {
+                // FIFOs, devices and sockets: same type and device number.
+                let file_type = FileType::from_raw_mode(meta.mode());
+                let perm = Mode::from_raw_mode(0o600);
+                Ok(rustix::fs::mknodat(CWD, tmp, file_type, perm, meta.rdev())?)
+            }
+        };
+        let mut attempt = 0u32;
+        let tmp = loop {
+            let mut tmp_name = OsStr::new(&format!(".bk-copy-up.{attempt}.")).to_os_string();
+            tmp_name.push(name);
+            let tmp = dir.join(tmp_name);
+            match create(&tmp) {
+                Ok(()) => break tmp,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempt < 100 => {
+                    attempt += 1;
+                }
+                Err(e) => return Err(io("copy up", target, e)),
+            }
+        };
+        if !self.opts.ignore_ownership {
+            std::os::unix::fs::lchown(&tmp, Some(meta.uid()), Some(meta.gid()))
+                .map_err(|e| io("lchown", &tmp, e))?;
+        }
+        copy_xattrs(target, &tmp).map_err(|e| io("copy xattrs", target, e))?;
+        if !ft.is_symlink() {
+            fs::set_permissions(&tmp, fs::Permissions::from_mode(mode))
+                .map_err(|e| io("chmod", &tmp, e))?;
+        }
+        let times = Timestamps {
+            last_access: Timespec {
+                tv_sec: meta.atime(),
+                tv_nsec: meta.atime_nsec() as _,
+            },
+            last_modification: Timespec {
+                tv_sec: meta.mtime(),
+                tv_nsec: meta.mtime_nsec() as _,
+            },
+        };
+        rustix::fs::utimensat(CWD, &tmp, &times, AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| io("utimes", &tmp, e.into()))?;
+        fs::rename(&tmp, target).map_err(|e| io("rename", target, e))
     }
 
     /// containerd's `hardlinkRootPath`: the link name resolved inside the
@@ -629,11 +759,9 @@ impl Applier<'_> {
         let Ok(name) = std::str::from_utf8(&name) else {
             return Err(invalid(shown, "hard link target is not UTF-8"));
         };
-        bk_fileops::resolve_in_root(self.root, name, false).map_err(|source| {
-            UnpackError::Resolve {
-                entry: shown.to_owned(),
-                source,
-            }
+        bk_fileops::resolve_in_root(self.root, name, false).map_err(|source| UnpackError::Resolve {
+            entry: shown.to_owned(),
+            source,
         })
     }
 
@@ -655,7 +783,7 @@ impl Applier<'_> {
             res.map_err(|e| self.io(shown, "lchown", path, e))?;
         }
         for (key, value) in &hdr.xattrs {
-            self.set_xattr(hdr, path, file, key, value, shown)?;
+            self.set_xattr(path, file, key, value, shown)?;
         }
         // A hard link may be a link to a symlink, whose mode is not ours to
         // set (chmod would follow it).
@@ -687,7 +815,6 @@ impl Applier<'_> {
     /// what cannot have it and filesystems without xattrs are warnings.
     fn set_xattr(
         &self,
-        hdr: &Header,
         path: &Path,
         file: Option<&File>,
         key: &[u8],
@@ -707,10 +834,12 @@ impl Applier<'_> {
         let Err(err) = res else {
             return Ok(());
         };
-        let user_on_special =
-            key.starts_with(b"user.") && !matches!(hdr.kind, Kind::Regular | Kind::Dir);
-        if (err == rustix::io::Errno::PERM && user_on_special) || err == rustix::io::Errno::NOTSUP
-        {
+        // As containerd: EPERM for `user.*` is fine where the kernel
+        // allows those only on regular files and directories.
+        let user_on_special = err == rustix::io::Errno::PERM
+            && key.starts_with(b"user.")
+            && fs::symlink_metadata(path).is_ok_and(|m| !m.is_file() && !m.is_dir());
+        if user_on_special || err == rustix::io::Errno::NOTSUP {
             tracing::warn!(entry = %shown, key = %key_shown, error = %err, "ignored xattr in archive");
             return Ok(());
         }
@@ -773,7 +902,8 @@ impl Applier<'_> {
                     .collect::<io::Result<_>>()
                     .map_err(|e| self.io(shown, "readdir", &dir, e))?,
                 // Not a directory (nothing under it) or gone.
-                Err(e) if matches!(e.raw_os_error(), Some(code) if code == rustix::io::Errno::NOTDIR.raw_os_error()) => {
+                Err(e) if matches!(e.raw_os_error(), Some(code) if code == rustix::io::Errno::NOTDIR.raw_os_error()) =>
+                {
                     continue;
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
@@ -806,10 +936,19 @@ impl Applier<'_> {
     }
 
     /// Directory times once nothing more is written into them. A directory
-    /// a later entry replaced or removed is left alone.
+    /// a later entry replaced, removed or moved behind a symlink is left
+    /// alone.
     fn restore_dir_times(&self) -> Result<(), UnpackError> {
         for (path, times) in &self.dirs {
-            if !fs::symlink_metadata(path).is_ok_and(|m| m.is_dir()) {
+            // A later entry may have made a parent of this path a symlink
+            // (to `/usr`, say), which the kernel would follow: only a path
+            // that still resolves to itself inside the root is safe to use.
+            let Some(rel) = path.strip_prefix(self.root).ok().and_then(Path::to_str) else {
+                continue;
+            };
+            let still_here = bk_fileops::resolve_in_root(self.root, &format!("/{rel}"), false)
+                .is_ok_and(|p| p == *path);
+            if !still_here || !fs::symlink_metadata(path).is_ok_and(|m| m.is_dir()) {
                 continue;
             }
             rustix::fs::utimensat(CWD, path, times, AtFlags::SYMLINK_NOFOLLOW).map_err(|e| {
@@ -862,51 +1001,62 @@ fn read_header<R: Read>(
             tracing::debug!(entry = %shown, "PAX global extended headers found and ignored");
             return Ok(None);
         }
-        other => {
-            return Err(UnpackError::UnhandledType {
-                entry: shown.to_owned(),
-                kind: other,
-            });
-        }
+        other => Kind::Unhandled(other),
     };
-    let bad = |what: &str, e: io::Error| invalid(shown, &format!("bad {what} in header: {e}"));
-    let mode = h.mode().map_err(|e| bad("mode", e))?;
-    // The tar reader has applied PAX `uid`/`gid` already.
-    let uid = id32(h.uid().map_err(|e| bad("uid", e))?, shown)?;
-    let gid = id32(h.gid().map_err(|e| bad("gid", e))?, shown)?;
-    let mut mtime: Nanos = Nanos::from(h.mtime().map_err(|e| bad("mtime", e))?) * 1_000_000_000;
+    // Go's numeric parsing, not the tar crate's: it reads empty fields
+    // as 0 where the tar crate fails.
+    let field = |what: &str, b: &[u8]| {
+        go_numeric(b).ok_or_else(|| invalid(shown, &format!("bad {what} in header")))
+    };
+    let old = h.as_old();
+    let mode = field("mode", &old.mode)? as u32 & 0o7777;
+    // The tar reader has written PAX `uid`/`gid` into the header already.
+    let uid = id32(field("uid", &old.uid)?, shown)?;
+    let gid = id32(field("gid", &old.gid)?, shown)?;
+    let mut mtime: Nanos = Nanos::from(field("mtime", &old.mtime)?) * 1_000_000_000;
     // Go reads a GNU header's atime when set, ignoring a bad one.
     let mut atime: Option<Nanos> = h
         .as_gnu()
         .filter(|g| g.atime[0] != 0)
-        .and_then(|g| g.atime().ok())
+        .and_then(|g| go_numeric(&g.atime))
         .map(|s| Nanos::from(s) * 1_000_000_000);
     let device = match kind {
-        Kind::Char | Kind::Block => (
-            h.device_major()
-                .map_err(|e| bad("device major", e))?
-                .unwrap_or(0),
-            h.device_minor()
-                .map_err(|e| bad("device minor", e))?
-                .unwrap_or(0),
-        ),
+        Kind::Char | Kind::Block => {
+            let (major, minor) = match (h.as_ustar(), h.as_gnu()) {
+                (Some(u), _) => (
+                    field("devmajor", &u.dev_major)?,
+                    field("devminor", &u.dev_minor)?,
+                ),
+                (None, Some(g)) => (
+                    field("devmajor", &g.dev_major)?,
+                    field("devminor", &g.dev_minor)?,
+                ),
+                // A V7 header has no device numbers; Go leaves them 0.
+                (None, None) => (0, 0),
+            };
+            let dev = |n: i64| {
+                u32::try_from(n)
+                    .map_err(|_| invalid(shown, &format!("device number {n} out of range")))
+            };
+            (dev(major)?, dev(minor)?)
+        }
         _ => (0, 0),
     };
     let mut xattrs = Vec::new();
-    if let Some(pax) = entry
-        .pax_extensions()
-        .map_err(|e| bad("PAX records", e))?
-    {
+    let bad_pax = |e: io::Error| invalid(shown, &format!("bad PAX record: {e}"));
+    if let Some(pax) = entry.pax_extensions().map_err(bad_pax)? {
         for ext in pax {
-            let ext = ext.map_err(|e| bad("PAX record", e))?;
+            let ext = ext.map_err(bad_pax)?;
             let key = ext.key_bytes();
             if let Some(name) = key.strip_prefix(PAX_XATTR) {
                 xattrs.push((name.to_vec(), ext.value_bytes().to_vec()));
             } else if key == b"mtime" {
-                mtime = pax_time(ext.value_bytes()).ok_or_else(|| invalid(shown, "bad PAX mtime"))?;
+                mtime =
+                    pax_time(ext.value_bytes()).ok_or_else(|| invalid(shown, "bad PAX mtime"))?;
             } else if key == b"atime" {
-                atime =
-                    Some(pax_time(ext.value_bytes()).ok_or_else(|| invalid(shown, "bad PAX atime"))?);
+                atime = Some(
+                    pax_time(ext.value_bytes()).ok_or_else(|| invalid(shown, "bad PAX atime"))?,
+                );
             }
         }
     }
@@ -928,8 +1078,54 @@ fn read_header<R: Read>(
     }))
 }
 
-fn id32(id: u64, shown: &str) -> Result<u32, UnpackError> {
+/// A uid or gid as `lchown` takes it. Go would truncate a larger one, or
+/// pass -1 ("leave as is") for a negative one; neither is what the layer
+/// means.
+fn id32(id: i64, shown: &str) -> Result<u32, UnpackError> {
     u32::try_from(id).map_err(|_| invalid(shown, &format!("owner id {id} out of range")))
+}
+
+/// Go's `parseNumeric`: base-256 when the top bit is set (negative with
+/// the next one), else octal with NULs and spaces around it ignored (an
+/// empty field is 0). `None` where Go reports `ErrHeader`.
+fn go_numeric(b: &[u8]) -> Option<i64> {
+    if let Some(&first) = b.first()
+        && first & 0x80 != 0
+    {
+        let inv = if first & 0x40 != 0 { 0xff } else { 0 };
+        let mut x: u64 = 0;
+        for (i, &c) in b.iter().enumerate() {
+            let mut c = c ^ inv;
+            if i == 0 {
+                c &= 0x7f;
+            }
+            if x >> 56 > 0 {
+                return None;
+            }
+            x = x << 8 | u64::from(c);
+        }
+        if x >> 63 > 0 {
+            return None;
+        }
+        // Below 2^63, so it fits; `!x` is Go's `^int64(x)`, -x-1.
+        let x = x as i64;
+        return Some(if inv == 0xff { !x } else { x });
+    }
+    let is_pad = |c: &u8| *c == b' ' || *c == 0;
+    let start = b.iter().position(|c| !is_pad(c)).unwrap_or(b.len());
+    let end = b.iter().rposition(|c| !is_pad(c)).map_or(start, |i| i + 1);
+    let trimmed = &b[start..end];
+    if trimmed.is_empty() {
+        return Some(0);
+    }
+    // Go's parseString: up to the first NUL.
+    let digits = trimmed.split(|&c| c == 0).next().unwrap_or_default();
+    let digits = std::str::from_utf8(digits).ok()?;
+    // ParseUint: digits only, no sign.
+    if !digits.bytes().all(|c| (b'0'..=b'7').contains(&c)) || digits.is_empty() {
+        return None;
+    }
+    i64::try_from(u64::from_str_radix(digits, 8).ok()?).ok()
 }
 
 /// Go's `parsePAXTime`: `[-]seconds[.fraction]`, digits beyond
@@ -1014,6 +1210,56 @@ fn invalid(entry: &str, reason: &str) -> UnpackError {
     }
 }
 
+/// Every xattr of `src` onto `dst`, neither followed if a symlink;
+/// `trusted.*` (not ours to copy, as containerd's copy-up skips them) and
+/// what the filesystem refuses are left out.
+fn copy_xattrs(src: &Path, dst: &Path) -> io::Result<()> {
+    let names = match read_xattr(|buf| rustix::fs::llistxattr(src, buf)) {
+        Ok(names) => names,
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NOTSUP.raw_os_error()) => {
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    for name in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        if name.starts_with(b"trusted.") {
+            continue;
+        }
+        let name = OsStr::from_bytes(name);
+        let value = match read_xattr(|buf| rustix::fs::lgetxattr(src, name, buf)) {
+            Ok(value) => value,
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NODATA.raw_os_error()) => {
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        match rustix::fs::lsetxattr(dst, name, &value, XattrFlags::empty()) {
+            Ok(()) | Err(rustix::io::Errno::NOTSUP) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Calls a get/list xattr function with a buffer large enough, growing it
+/// if the value grew in between (ERANGE).
+fn read_xattr(mut call: impl FnMut(&mut [u8]) -> rustix::io::Result<usize>) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; 256];
+    loop {
+        match call(&mut buf) {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(buf);
+            }
+            Err(rustix::io::Errno::RANGE) if buf.len() < 1 << 20 => {
+                let want = call(&mut [])?;
+                buf.resize(want.max(buf.len() * 2), 0);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// Go's `os.RemoveAll` on one path: a directory goes with its contents,
 /// anything else (a symlink included) is unlinked, never followed; a
 /// missing path is fine.
@@ -1037,11 +1283,6 @@ fn running_in_user_ns() -> bool {
         let fields: Vec<&str> = map.split_whitespace().collect();
         fields != ["0", "0", "4294967295"]
     })
-}
-
-mod libc_flags {
-    /// `O_NOFOLLOW`, as std's `custom_flags` wants it.
-    pub const O_NOFOLLOW: i32 = rustix::fs::OFlags::NOFOLLOW.bits() as i32;
 }
 
 #[cfg(test)]
@@ -1079,6 +1320,20 @@ mod tests {
         assert_eq!((t.tv_sec, t.tv_nsec), (0, 0));
         let t = bound_time(1_500_000_000);
         assert_eq!((t.tv_sec, t.tv_nsec), (1, 500_000_000));
+    }
+
+    #[test]
+    fn numeric_fields_parse_as_go() {
+        assert_eq!(go_numeric(b"0000644\0"), Some(0o644));
+        assert_eq!(go_numeric(b"  644 \0"), Some(0o644));
+        assert_eq!(go_numeric(b"\0\0\0\0\0\0\0\0"), Some(0));
+        assert_eq!(go_numeric(b""), Some(0));
+        assert_eq!(go_numeric(b"12\x0034"), Some(0o12));
+        assert_eq!(go_numeric(b"0009"), None);
+        assert_eq!(go_numeric(b"-1"), None);
+        assert_eq!(go_numeric(&[0x80, 0, 0, 0, 0, 0, 0x01, 0x00]), Some(256));
+        assert_eq!(go_numeric(&[0xff; 8]), Some(-1));
+        assert_eq!(go_numeric(&[0x80, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]), None);
     }
 
     #[test]

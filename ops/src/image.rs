@@ -294,8 +294,14 @@ impl Op<Ref> for ImageSource {
                         bk_fileops::link_tree(below.path(), &dir).map_err(|e| err(&e))?;
                     }
                     let file = std::fs::File::open(&blob).map_err(|e| err(&e))?;
-                    let applied = apply_layer(std::io::BufReader::new(file), &media_type, &dir)?;
-                    if applied.diff_id != want {
+                    let applied = bk_image::unpack::apply_layer(
+                        std::io::BufReader::new(file),
+                        &media_type,
+                        &dir,
+                        &Default::default(),
+                    )
+                    .map_err(|e| err(&e))?;
+                    if applied.diff_id.as_str() != want {
                         return Err(OpError::new(format!(
                             "layer {}: uncompressed digest {} does not match the config's {want}",
                             blob.display(),
@@ -338,19 +344,4 @@ impl Op<Ref> for ImageSource {
             }
         }
     }
-}
-
-/// Stand-in until the unpacker lands.
-struct Applied {
-    diff_id: String,
-}
-
-fn apply_layer(
-    _layer: impl std::io::Read,
-    media_type: &str,
-    _root: &std::path::Path,
-) -> Result<Applied, OpError> {
-    Err(OpError::new(format!(
-        "unpacking {media_type} layers is not supported yet"
-    )))
 }

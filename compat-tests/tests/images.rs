@@ -1,0 +1,249 @@
+//! `FROM <image>` end to end: a busybox image made here (no internet) and
+//! pushed to Debian's `docker-registry` on loopback, then a Dockerfile
+//! built on it through `dockerfile.v0`: resolved, pulled, unpacked, run.
+//! Skipped (with a message) where docker-registry is not installed.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bk_client::solve_opts::BuildFlags;
+use bk_image::registry::{AnonymousCredentials, PushSource, RegistryClient, RegistryHosts};
+use bk_image::{Descriptor, Digest, Reference};
+use compat_tests::{Daemon, DaemonOptions, free_port};
+
+struct Registry {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_registry() -> Option<Registry> {
+    if Command::new("docker-registry")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!(
+            "skipped: docker-registry is not installed (scripts/install-deps.sh installs it)"
+        );
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("config.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let child = Command::new("docker-registry")
+        .arg("serve")
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "registry did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Some(Registry {
+        child,
+        port,
+        _dir: dir,
+    })
+}
+
+fn sha256(data: &[u8]) -> Digest {
+    Digest::sha256_of(data)
+}
+
+/// A gzip layer with busybox, its shell links, users and /tmp.
+fn busybox_layer() -> (Vec<u8>, Vec<u8>) {
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut dir = |name: &str, mode: u32| {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(mode);
+        h.set_size(0);
+        h.set_mtime(1_700_000_000);
+        tar.append_data(&mut h, name, std::io::empty()).unwrap();
+    };
+    dir("bin/", 0o755);
+    dir("etc/", 0o755);
+    dir("tmp/", 0o1777);
+    let mut file = |name: &str, mode: u32, data: &[u8]| {
+        let mut h = tar::Header::new_ustar();
+        h.set_mode(mode);
+        h.set_size(data.len() as u64);
+        h.set_mtime(1_700_000_000);
+        tar.append_data(&mut h, name, data).unwrap();
+    };
+    file(
+        "bin/busybox",
+        0o755,
+        &std::fs::read("/bin/busybox").unwrap(),
+    );
+    file("etc/passwd", 0o644, b"root:x:0:0:root:/root:/bin/sh\n");
+    file("etc/group", 0o644, b"root:x:0:\n");
+    for applet in ["sh", "echo", "cat", "ls", "id"] {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        h.set_mode(0o777);
+        h.set_mtime(1_700_000_000);
+        tar.append_link(&mut h, format!("bin/{applet}"), "busybox")
+            .unwrap();
+    }
+    let uncompressed = tar.into_inner().unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&uncompressed).unwrap();
+    (uncompressed, gz.finish().unwrap())
+}
+
+async fn push_busybox(port: u16) -> String {
+    let name = format!("127.0.0.1:{port}/busybox:latest");
+    let reference = Reference::parse_normalized_named(&name).unwrap();
+    let client = RegistryClient::new(
+        RegistryHosts::defaults().unwrap(),
+        Arc::new(AnonymousCredentials),
+    );
+    let (tar, gz) = busybox_layer();
+    let layer = Descriptor::new(
+        "application/vnd.docker.image.rootfs.diff.tar.gzip",
+        sha256(&gz),
+        gz.len() as u64,
+    );
+    let config = serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {
+            "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "FROM_BASE=yes"],
+            "Cmd": ["sh"],
+            "WorkingDir": "/"
+        },
+        "rootfs": {"type": "layers", "diff_ids": [sha256(&tar).to_string()]},
+        "history": [{"created_by": "made by the test"}]
+    });
+    let config = serde_json::to_vec(&config).unwrap();
+    let config_desc = Descriptor::new(
+        "application/vnd.docker.container.image.v1+json",
+        sha256(&config),
+        config.len() as u64,
+    );
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+        "config": {"mediaType": config_desc.media_type, "digest": config_desc.digest.to_string(), "size": config_desc.size},
+        "layers": [{"mediaType": layer.media_type, "digest": layer.digest.to_string(), "size": layer.size}]
+    });
+    let manifest = serde_json::to_vec(&manifest).unwrap();
+    let manifest_desc = Descriptor::new(
+        "application/vnd.docker.distribution.manifest.v2+json",
+        sha256(&manifest),
+        manifest.len() as u64,
+    );
+    client
+        .push_blob(&reference, &layer, &PushSource::Bytes(gz.into()), None)
+        .await
+        .unwrap();
+    client
+        .push_blob(
+            &reference,
+            &config_desc,
+            &PushSource::Bytes(config.into()),
+            None,
+        )
+        .await
+        .unwrap();
+    client
+        .push_manifest(&reference, &manifest_desc, manifest.into())
+        .await
+        .unwrap();
+    name
+}
+
+async fn build(daemon: &Daemon, dir: &Path, out: &Path) -> Result<(), String> {
+    let flags = BuildFlags {
+        frontend: Some("dockerfile.v0".into()),
+        local: vec![
+            format!("context={}", dir.display()),
+            format!("dockerfile={}", dir.display()),
+        ],
+        output: vec![format!("type=local,dest={}", out.display())],
+        ..Default::default()
+    };
+    let id = format!("img{}x{}", std::process::id(), free_port());
+    let prepared = flags.to_request(None, &id, &format!("s{id}")).unwrap();
+    daemon
+        .client()
+        .await
+        .build(prepared, |_| {})
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dockerfile_builds_from_an_image_in_a_local_registry() {
+    let Some(registry) = start_registry() else {
+        return;
+    };
+    let image = push_busybox(registry.port).await;
+    let daemon = Daemon::start(DaemonOptions::default());
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("p");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("Dockerfile"),
+        format!(
+            "FROM {image}\nRUN echo \"$FROM_BASE\" > /from-base && ls /bin > /bins && id -u > /uid\n"
+        ),
+    )
+    .unwrap();
+    let out = tmp.path().join("out");
+    build(&daemon, &dir, &out).await.unwrap();
+    let read = |p: &str| std::fs::read_to_string(out.join(p)).unwrap();
+    assert_eq!(read("from-base"), "yes\n", "the image's env reaches RUN");
+    assert!(read("bins").contains("busybox"));
+    assert_eq!(read("uid"), "0\n");
+    assert!(
+        out.join("etc/passwd").exists(),
+        "the image's files are there"
+    );
+
+    // Again, after a restart: resolved again, nothing pulled or unpacked.
+    drop(daemon);
+    let out2 = tmp.path().join("out2");
+    let daemon = Daemon::start(DaemonOptions::default());
+    build(&daemon, &dir, &out2).await.unwrap();
+    assert_eq!(
+        std::fs::read_to_string(out2.join("from-base")).unwrap(),
+        "yes\n"
+    );
+
+    // An image that is not there: a clear error naming it.
+    std::fs::write(
+        dir.join("Dockerfile"),
+        format!("FROM 127.0.0.1:{}/nothing:here\n", registry.port),
+    )
+    .unwrap();
+    let err = build(&daemon, &dir, &tmp.path().join("out3"))
+        .await
+        .unwrap_err();
+    assert!(err.contains("nothing"), "{err}");
+}
