@@ -22,13 +22,21 @@
 //!   [`CredentialsProvider`]).
 //! - [`pull`]: an image from a registry into the content store for one
 //!   platform. Start with [`Puller::pull`].
+//! - [`layer`]: the layer of a directory diff, as containerd's differ
+//!   writes it (diff ids agree with BuildKit's), compressed into the
+//!   content store. Start with [`layer::create_layer`].
+//! - [`export`]: image configs, manifests, OCI and Docker archives, OCI
+//!   layout directories and pushes, as BuildKit's image exporters write
+//!   them. Start with [`export::image_config`] and [`export::write_image`].
 //! - [`unpack`]: a layer applied onto a directory tree (whiteouts, owners,
 //!   xattrs, times; hostile paths kept inside the root). Start with
 //!   [`unpack::apply_layer`].
 
 pub mod content;
 pub mod digest;
+pub mod export;
 pub mod json;
+pub mod layer;
 pub mod media_types;
 pub mod platforms;
 pub mod pull;
