@@ -82,6 +82,11 @@ pub struct Record {
     /// snapshot's own tree, applied when it is merged onto another.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub deletions: Vec<String>,
+    /// The snapshot this one was made on top of (an exec's root input, a
+    /// file op's base tree, the layer below): image layers are the diffs
+    /// along this chain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
 }
 
 fn now_secs() -> u64 {
@@ -273,6 +278,7 @@ impl CacheManager {
             size,
             parents,
             deletions,
+            base: None,
         };
         let mut in_use = self.in_use_map();
         self.put_record(&record)?;
@@ -300,6 +306,24 @@ impl CacheManager {
         record.last_used_at = Some(now_secs());
         record.usage_count += 1;
         self.put_record(&record)
+    }
+
+    /// Records what snapshot `id` was made on top of.
+    pub fn set_base(&self, id: &str, base: &str) -> Result<(), CacheError> {
+        let mut record = self
+            .record(id)?
+            .ok_or_else(|| CacheError::NotFound(id.to_string()))?;
+        record.base = Some(base.to_string());
+        self.put_record(&record)
+    }
+
+    /// A small value kept under `key` (layer descriptors of snapshots).
+    pub fn set_meta(&self, key: &str, value: &str) -> Result<(), CacheError> {
+        self.set_named(key, value)
+    }
+
+    pub fn meta(&self, key: &str) -> Result<Option<String>, CacheError> {
+        self.named(key)
     }
 
     pub fn record(&self, id: &str) -> Result<Option<Record>, CacheError> {

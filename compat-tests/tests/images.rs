@@ -177,6 +177,31 @@ async fn push_busybox(port: u16) -> String {
     name
 }
 
+async fn build_with(
+    daemon: &Daemon,
+    dir: &Path,
+    output: Vec<String>,
+) -> Result<std::collections::BTreeMap<String, String>, String> {
+    let flags = BuildFlags {
+        frontend: Some("dockerfile.v0".into()),
+        local: vec![
+            format!("context={}", dir.display()),
+            format!("dockerfile={}", dir.display()),
+        ],
+        output,
+        ..Default::default()
+    };
+    let id = format!("imgx{}x{}", std::process::id(), free_port());
+    let prepared = flags.to_request(None, &id, &format!("s{id}")).unwrap();
+    daemon
+        .client()
+        .await
+        .build(prepared, |_| {})
+        .await
+        .map(|r| r.exporter_response)
+        .map_err(|e| e.to_string())
+}
+
 async fn build(daemon: &Daemon, dir: &Path, out: &Path) -> Result<(), String> {
     let flags = BuildFlags {
         frontend: Some("dockerfile.v0".into()),
@@ -235,6 +260,72 @@ async fn a_dockerfile_builds_from_an_image_in_a_local_registry() {
         std::fs::read_to_string(out2.join("from-base")).unwrap(),
         "yes\n"
     );
+
+    // The result as images: OCI and Docker archives, and a push.
+    let archive = |kind: &str| tmp.path().join(format!("{kind}.tar"));
+    let pushed = format!("127.0.0.1:{}/app:v1", registry.port);
+    let outputs = vec![
+        format!("type=oci,dest={}", archive("oci").display()),
+        format!(
+            "type=docker,dest={},name=app:v1",
+            archive("docker").display()
+        ),
+        format!("type=image,name={pushed},push=true"),
+    ];
+    let response = build_with(&daemon, &dir, outputs.clone()).await.unwrap();
+    let digest = response["containerimage.digest"].clone();
+    assert!(digest.starts_with("sha256:"), "{response:?}");
+    assert!(response.contains_key("containerimage.descriptor"));
+    if Command::new("skopeo").arg("--version").output().is_ok() {
+        for (transport, path) in [
+            ("oci-archive", archive("oci")),
+            ("docker-archive", archive("docker")),
+        ] {
+            let out = Command::new("skopeo")
+                .arg("inspect")
+                .arg(format!("{transport}:{}", path.display()))
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let out = Command::new("skopeo")
+            .args(["inspect", "--tls-verify=false", "--raw"])
+            .arg(format!("docker://{pushed}"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let manifest: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            manifest["layers"].as_array().unwrap().len(),
+            2,
+            "{manifest}"
+        );
+        let config = Command::new("skopeo")
+            .args(["inspect", "--tls-verify=false", "--config"])
+            .arg(format!("docker://{pushed}"))
+            .output()
+            .unwrap();
+        let config: serde_json::Value = serde_json::from_slice(&config.stdout).unwrap();
+        let env = config["config"]["Env"].to_string();
+        assert!(env.contains("FROM_BASE=yes"), "{config}");
+    }
+    // Unchanged: the same digest, nothing compressed or uploaded again.
+    let again = build_with(
+        &daemon,
+        &dir,
+        vec![format!("type=image,name={pushed},push=true")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(again["containerimage.digest"], digest);
 
     // An image that is not there: a clear error naming it.
     std::fs::write(

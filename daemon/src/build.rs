@@ -179,10 +179,9 @@ impl Builds {
             match e.r#type.as_str() {
                 "local" | "tar" => {}
                 "image" | "oci" | "docker" => {
-                    return Err(Status::unimplemented(format!(
-                        "exporter {:?} is not supported yet by buildkit-rs",
-                        e.r#type
-                    )));
+                    let kind = image_kind(&e.r#type);
+                    bk_ops::image_export::ImageExportOptions::from_attrs(kind, &e.attrs)
+                        .map_err(|err| Status::invalid_argument(err.to_string()))?;
                 }
                 other => {
                     return Err(Status::invalid_argument(format!(
@@ -232,7 +231,7 @@ impl Builds {
         };
 
         let session_group = vec![req.session.clone()];
-        let result = match graph {
+        let (result, metadata) = match graph {
             Some(graph) => {
                 let job = Job {
                     graph,
@@ -240,7 +239,10 @@ impl Builds {
                     progress: progress.clone(),
                     cancel,
                 };
-                Some(self.solver.solve(job).await.map_err(solve_status)?)
+                (
+                    Some(self.solver.solve(job).await.map_err(solve_status)?),
+                    BTreeMap::new(),
+                )
             }
             None if !req.frontend.is_empty() => {
                 self.frontend(&req, session_group, &progress, cancel)
@@ -258,18 +260,20 @@ impl Builds {
             }
         };
 
+        let mut exporter_response = BTreeMap::new();
         if !exporters.is_empty() {
             let result = result.ok_or_else(|| {
                 Status::invalid_argument("the build returned no result to export")
             })?;
+            let config = metadata.get("containerimage.config").map(Vec::as_slice);
             for (index, exporter) in exporters.iter().enumerate() {
-                self.export(index, exporter, &result, &req.session, &progress)
+                let response = self
+                    .export(index, exporter, &result, config, &req.session, &progress)
                     .await?;
+                exporter_response.extend(response);
             }
         }
-        Ok(SolveResponse {
-            exporter_response: BTreeMap::new(),
-        })
+        Ok(SolveResponse { exporter_response })
     }
 
     /// A build by a built-in frontend (`dockerfile.v0`): it reads the
@@ -281,7 +285,7 @@ impl Builds {
         session_group: Vec<String>,
         progress: &Progress,
         cancel: CancellationToken,
-    ) -> Result<Option<Ref>, Status> {
+    ) -> Result<(Option<Ref>, BTreeMap<String, Vec<u8>>), Status> {
         let (bridge, _returned) = Bridge::new(
             self.solver.clone(),
             progress.clone(),
@@ -299,7 +303,7 @@ impl Builds {
         )
         .await?;
         let id = bridge.register(&out.definition)?;
-        Ok(Some(bridge.evaluate(&id).await?))
+        Ok((Some(bridge.evaluate(&id).await?), out.metadata))
     }
 
     /// A build driven by the client through the bridge: waits for its
@@ -311,7 +315,7 @@ impl Builds {
         progress: &Progress,
         cancel: CancellationToken,
         entitlements: Vec<String>,
-    ) -> Result<Option<Ref>, Status> {
+    ) -> Result<(Option<Ref>, BTreeMap<String, Vec<u8>>), Status> {
         let (bridge, returned) = Bridge::new(
             self.solver.clone(),
             progress.clone(),
@@ -330,8 +334,8 @@ impl Builds {
             .await
             .map_err(|_| Status::cancelled("the build ended without a result"))?;
         match returned {
-            Returned::Ref(id) => Ok(Some(bridge.evaluate(&id).await?)),
-            Returned::Empty => Ok(None),
+            Returned::Ref(id, metadata) => Ok((Some(bridge.evaluate(&id).await?), metadata)),
+            Returned::Empty => Ok((None, BTreeMap::new())),
             // The client's error keeps its details (the Dockerfile source a
             // frontend attached, stacks): clients print them.
             Returned::Error(error) => {
@@ -352,11 +356,14 @@ impl Builds {
         index: usize,
         exporter: &Exporter,
         result: &Ref,
+        config: Option<&[u8]>,
         session_id: &str,
         progress: &Progress,
-    ) -> Result<(), Status> {
+    ) -> Result<BTreeMap<String, String>, Status> {
         let name = match exporter.r#type.as_str() {
             "tar" => "exporting to client tarball",
+            "image" => "exporting to image",
+            "oci" | "docker" => "exporting to client tarball",
             _ => "exporting to client directory",
         };
         // Not an LLB vertex: a stable digest of its own.
@@ -364,28 +371,100 @@ impl Builds {
         progress.announce([(digest.clone(), name.to_string(), vec![])]);
         progress.started(&digest);
         let outcome = async {
-            let session = self
-                .sessions
-                .get(session_id, SESSION_WAIT)
-                .await
-                .map_err(|e| e.to_string())?;
             match exporter.r#type.as_str() {
-                "tar" => bk_ops::export::export_tar(&session, index, result).await,
-                _ => bk_ops::export::export_local(&session, index, result).await,
+                kind @ ("image" | "oci" | "docker") => {
+                    self.export_image(index, kind, exporter, result, config, session_id)
+                        .await
+                }
+                other => {
+                    let session = self
+                        .sessions
+                        .get(session_id, SESSION_WAIT)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    match other {
+                        "tar" => bk_ops::export::export_tar(&session, index, result).await,
+                        _ => bk_ops::export::export_local(&session, index, result).await,
+                    }
+                    .map_err(|e| e.to_string())?;
+                    Ok(BTreeMap::new())
+                }
             }
-            .map_err(|e| e.to_string())
         }
         .await;
         match outcome {
-            Ok(()) => {
+            Ok(response) => {
                 progress.completed(&digest, false, None);
-                Ok(())
+                Ok(response)
             }
             Err(message) => {
                 progress.completed(&digest, false, Some(&message));
                 Err(Status::unknown(message))
             }
         }
+    }
+
+    /// `image`, `oci`, `docker`: the result as an image in the content
+    /// store, pushed, or streamed to the client as an archive.
+    async fn export_image(
+        &self,
+        index: usize,
+        kind: &str,
+        exporter: &Exporter,
+        result: &Ref,
+        config: Option<&[u8]>,
+        session_id: &str,
+    ) -> Result<BTreeMap<String, String>, String> {
+        use bk_ops::image_export::{self, ImageExportOptions};
+        let kind = image_kind(kind);
+        let opts =
+            ImageExportOptions::from_attrs(kind, &exporter.attrs).map_err(|e| e.to_string())?;
+        let store = self.images.puller.store().clone();
+        let platform = crate::worker::default_image_platform(&self.workers);
+        // In a task of its own, with owned values: the registry client's
+        // futures are Send for concrete lifetimes only.
+        let (cache, images, result, config, group) = (
+            self.cache.clone(),
+            self.images.clone(),
+            result.clone(),
+            config.map(<[u8]>::to_vec),
+            vec![session_id.to_string()],
+        );
+        let task_store = store.clone();
+        let image = tokio::spawn(async move {
+            bk_ops::image::with_session_group(group, async {
+                image_export::export_image(
+                    &cache,
+                    &task_store,
+                    images.puller.client(),
+                    &result,
+                    config.as_deref(),
+                    &platform,
+                    &opts,
+                )
+                .await
+            })
+            .await
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+        let response = image_export::response(&image);
+        if kind != image_export::ImageExporter::Image {
+            let session = self
+                .sessions
+                .get(session_id, SESSION_WAIT)
+                .await
+                .map_err(|e| e.to_string())?;
+            bk_ops::export::send_written(&session, index, move |out| {
+                image_export::write_archive(&store, kind, &image, out)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        }
+        Ok(response)
     }
 
     /// Serves one `Status`: waits briefly for the job, then streams it.
@@ -490,5 +569,14 @@ impl Builds {
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))?
+    }
+}
+
+fn image_kind(name: &str) -> bk_ops::image_export::ImageExporter {
+    use bk_ops::image_export::ImageExporter;
+    match name {
+        "oci" => ImageExporter::Oci,
+        "docker" => ImageExporter::Docker,
+        _ => ImageExporter::Image,
     }
 }

@@ -98,8 +98,9 @@ const MAX_REFS: usize = 4096;
 /// What `Return` delivered.
 #[derive(Debug, Clone)]
 pub enum Returned {
-    /// The result is this bridge ref.
-    Ref(String),
+    /// The result is this bridge ref, with the result's metadata (the
+    /// image config a frontend made, `containerimage.config`).
+    Ref(String, std::collections::BTreeMap<String, Vec<u8>>),
     /// A result without a filesystem.
     Empty,
     /// The build failed on the client's side.
@@ -315,8 +316,12 @@ impl<R: ResultRef> Bridge<R> {
         let returned = match (req.error.filter(|e| e.code != 0), req.result) {
             (Some(error), _) => Returned::Error(error),
             (None, Some(result)) => match result.result {
-                Some(ResultKind::Ref(r)) if !r.id.is_empty() => Returned::Ref(r.id),
-                Some(ResultKind::RefDeprecated(id)) if !id.is_empty() => Returned::Ref(id),
+                Some(ResultKind::Ref(r)) if !r.id.is_empty() => {
+                    Returned::Ref(r.id, result.metadata)
+                }
+                Some(ResultKind::RefDeprecated(id)) if !id.is_empty() => {
+                    Returned::Ref(id, result.metadata)
+                }
                 Some(ResultKind::Refs(_)) | Some(ResultKind::RefsDeprecated(_)) => {
                     return Err(Status::unimplemented(
                         "multi-platform results are not supported yet by buildkit-rs",

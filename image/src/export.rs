@@ -1274,22 +1274,24 @@ async fn push_manifest_tree(
         let m: Manifest = parse_document(desc, &bytes)?;
         // Layers in parallel, then the config: the registry may check a
         // manifest's references when it arrives.
-        let layers: Vec<&Descriptor> = m
+        // Owned descriptors and mount sources: a stream of futures that
+        // borrow per item is Send only for one lifetime, which callers that
+        // spawn it cannot name.
+        let layers: Vec<(Descriptor, Option<String>)> = m
             .layers
             .iter()
             .filter(|l| !media_types::is_non_distributable(&l.media_type))
+            .map(|l| (l.clone(), opts.mount_from.get(&l.digest).cloned()))
             .collect();
         let pushed: Vec<(Digest, PushOutcome)> = futures::stream::iter(layers)
-            .map(|l| async move {
-                let outcome = client
-                    .push_blob(
-                        reference,
-                        l,
-                        &PushSource::Store(store.clone()),
-                        opts.mount_from.get(&l.digest).map(String::as_str),
-                    )
-                    .await?;
-                Ok::<_, ExportError>((l.digest.clone(), outcome))
+            .map(|(l, mount)| {
+                let store = store.clone();
+                async move {
+                    let outcome = client
+                        .push_blob(reference, &l, &PushSource::Store(store), mount.as_deref())
+                        .await?;
+                    Ok::<_, ExportError>((l.digest.clone(), outcome))
+                }
             })
             .buffered(opts.concurrency.max(1))
             .try_collect()

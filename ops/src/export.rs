@@ -74,6 +74,39 @@ pub async fn export_tar(
     written
 }
 
+/// Streams what `write` writes (on a blocking thread) to the client's
+/// file of exporter `exporter_index`: how OCI and Docker archives leave.
+pub async fn send_written<F>(
+    session: &Session,
+    exporter_index: usize,
+    write: F,
+) -> Result<(), ExportError>
+where
+    F: FnOnce(&mut dyn Write) -> Result<(), String> + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel::<Bytes>(8);
+    let writer = tokio::task::spawn_blocking(move || {
+        let mut out = ChannelWriter {
+            tx,
+            buf: Vec::new(),
+        };
+        write(&mut out).map_err(ExportError::Archive)?;
+        out.flush().map_err(|_| ExportError::ClientDone)
+    });
+    let sent = filesync::send_file(
+        session,
+        exporter_index,
+        &Default::default(),
+        ReceiverStream::new(rx),
+    )
+    .await;
+    let written = writer
+        .await
+        .map_err(|e| ExportError::Archive(e.to_string()))?;
+    sent?;
+    written
+}
+
 /// Bytes written here arrive as chunks on a channel (blocking side).
 struct ChannelWriter {
     tx: mpsc::Sender<Bytes>,

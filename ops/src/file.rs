@@ -230,6 +230,7 @@ impl Op<Ref> for FileOp {
             &|_| String::new(),
         );
         let parents: Vec<String> = inputs.iter().map(|r| r.id().to_string()).collect();
+        let input_count = inputs.len();
         // Recorded on the blocking thread too: a build canceled meanwhile
         // still leaves only recorded snapshots behind.
         blocking(move || {
@@ -244,6 +245,13 @@ impl Op<Ref> for FileOp {
                         false,
                     )
                     .map_err(|e| OpError::new(e.to_string()))?;
+                if let Some(base) =
+                    base_input(&actions, input_count, output).and_then(|i| parents.get(i))
+                {
+                    cache
+                        .set_base(&id, base)
+                        .map_err(|e| OpError::new(e.to_string()))?;
+                }
                 outputs.push((output, r));
             }
             outputs.sort_by_key(|(o, _)| *o);
@@ -251,6 +259,20 @@ impl Op<Ref> for FileOp {
         })
         .await
     }
+}
+
+/// The op input an output's tree starts from (following the chain of
+/// actions it was built by); `None` for scratch.
+fn base_input(actions: &[pb::FileAction], inputs: usize, output: i64) -> Option<usize> {
+    let mut index = actions.iter().find(|a| a.output == output)?.input;
+    for _ in 0..=actions.len() {
+        let i = usize::try_from(index).ok()?;
+        if i < inputs {
+            return Some(i);
+        }
+        index = actions.get(i - inputs)?.input;
+    }
+    None
 }
 
 /// Runs the actions the outputs need, in plan order; returns `(output
@@ -421,9 +443,15 @@ impl Op<Ref> for MergeOp {
             removed.sort();
             removed.dedup();
             removed.retain(|p| !crate::tree::exists(&dest, p));
+            let first = parents.first().cloned();
             let merged = cache
                 .commit_with_deletions(&id, RecordType::Regular, "merge", parents, false, removed)
                 .map_err(|e| OpError::new(e.to_string()))?;
+            if let Some(first) = first {
+                cache
+                    .set_base(&id, &first)
+                    .map_err(|e| OpError::new(e.to_string()))?;
+            }
             Ok(vec![merged])
         })
         .await

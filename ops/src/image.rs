@@ -283,6 +283,7 @@ impl Op<Ref> for ImageSource {
             }
             let blob = self.sources.puller.store().blob_path(&layer.digest);
             let media_type = layer.media_type.clone();
+            let (layer_digest, layer_size) = (layer.digest.to_string(), layer.size);
             let below = parent.clone();
             let description = format!("pulled from {}", self.reference.familiar_string());
             let want = diff_id.clone();
@@ -317,6 +318,18 @@ impl Op<Ref> for ImageSource {
                 let parents = below.iter().map(|b| b.id().to_string()).collect();
                 let snapshot = cache
                     .commit(&id, RecordType::Regular, &description, parents, false)
+                    .map_err(|e| err(&e))?;
+                if let Some(below) = &below {
+                    cache.set_base(&id, below.id()).map_err(|e| err(&e))?;
+                }
+                // The pulled blob is this snapshot's layer: exports reuse it.
+                let known = crate::image_export::KnownLayer {
+                    media_type: media_type.clone(),
+                    digest: layer_digest,
+                    size: layer_size,
+                    diff_id: want.clone(),
+                };
+                crate::image_export::remember_layer(&cache, &id, "pulled", &known)
                     .map_err(|e| err(&e))?;
                 cache.set_named(&name, &id).map_err(|e| err(&e))?;
                 Ok(snapshot)

@@ -10,6 +10,7 @@ pub mod checksum;
 pub mod export;
 pub mod file;
 pub mod image;
+pub mod image_export;
 pub mod local;
 pub mod tree;
 

@@ -772,8 +772,12 @@ impl Step {
                     let _ = std::fs::remove_dir_all(&path);
                     return Err(e);
                 }
+                let base = layer.parent.as_ref().map(|p| p.id().to_string());
                 out[index] =
                     Some(cache.commit(&id, RecordType::Regular, &description, parents, false)?);
+                if let Some(base) = base {
+                    cache.set_base(&id, &base)?;
+                }
             }
             out.into_iter()
                 .enumerate()

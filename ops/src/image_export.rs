@@ -1,0 +1,415 @@
+//! The `image`, `oci` and `docker` exporters: a result snapshot as an
+//! image.
+//!
+//! Layers are the diffs along the snapshot's `base` chain (an exec's root
+//! input, a file op's base tree, the layer below in a pulled image), bottom
+//! first. A snapshot's layer is made once per compression and remembered in
+//! the cache database, so re-exporting an unchanged result compresses
+//! nothing; layers of pulled images are their registry blobs. Start at
+//! [`export_image`].
+
+use std::collections::BTreeMap;
+
+use base64::Engine as _;
+use bk_cache::{CacheManager, Ref};
+use bk_image::export::{self, ConfigInput, ImageOptions, LayerMeta, PushOptions};
+use bk_image::layer::{self, Compression, Layer, LayerOptions};
+use bk_image::{ContentStore, Descriptor, Digest, Platform, Reference};
+use serde::{Deserialize, Serialize};
+
+/// Which archive or destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageExporter {
+    Image,
+    Oci,
+    Docker,
+}
+
+/// A layer remembered for a snapshot.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KnownLayer {
+    pub media_type: String,
+    pub digest: String,
+    pub size: u64,
+    pub diff_id: String,
+}
+
+fn layer_key(snapshot: &str, variant: &str) -> String {
+    format!("layer:{snapshot}:{variant}")
+}
+
+/// Remembers `layer` as snapshot `id`'s diff from its base, made as
+/// `variant` says (`pulled`, or the compression).
+pub fn remember_layer(
+    cache: &CacheManager,
+    id: &str,
+    variant: &str,
+    layer: &KnownLayer,
+) -> Result<(), bk_cache::CacheError> {
+    let json = serde_json::to_string(layer).map_err(|e| bk_cache::CacheError::Db(e.to_string()))?;
+    cache.set_meta(&layer_key(id, variant), &json)
+}
+
+fn known_layer(cache: &CacheManager, id: &str, variant: &str) -> Option<KnownLayer> {
+    let json = cache.meta(&layer_key(id, variant)).ok()??;
+    serde_json::from_str(&json).ok()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageExportError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+fn failed(e: impl std::fmt::Display) -> ImageExportError {
+    ImageExportError::Failed(e.to_string())
+}
+
+/// Exporter attrs as BuildKit reads them.
+pub struct ImageExportOptions {
+    pub names: Vec<Reference>,
+    pub push: bool,
+    pub push_by_digest: bool,
+    pub oci_media_types: bool,
+    pub compression: Compression,
+    pub force_compression: bool,
+    pub epoch: Option<i64>,
+    pub rewrite_timestamp: bool,
+    pub annotations: BTreeMap<String, String>,
+}
+
+fn truthy(
+    attrs: &BTreeMap<String, String>,
+    key: &str,
+    default: bool,
+) -> Result<bool, ImageExportError> {
+    match attrs.get(key).map(String::as_str) {
+        None => Ok(default),
+        Some("" | "true" | "1") => Ok(true),
+        Some("false" | "0") => Ok(false),
+        Some(other) => Err(ImageExportError::Invalid(format!(
+            "non-bool value {other:?} for {key}"
+        ))),
+    }
+}
+
+impl ImageExportOptions {
+    pub fn from_attrs(
+        kind: ImageExporter,
+        attrs: &BTreeMap<String, String>,
+    ) -> Result<ImageExportOptions, ImageExportError> {
+        let mut names = Vec::new();
+        for name in attrs
+            .get("name")
+            .map(|n| {
+                n.split(',')
+                    .map(str::trim)
+                    .filter(|n| !n.is_empty())
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
+        {
+            let r = Reference::parse_normalized_named(name).map_err(|e| {
+                ImageExportError::Invalid(format!("invalid reference {name:?}: {e}"))
+            })?;
+            names.push(r.tag_name_only());
+        }
+        let level = attrs
+            .get("compression-level")
+            .map(|l| {
+                l.parse::<i32>().map_err(|_| {
+                    ImageExportError::Invalid(format!("invalid compression-level {l:?}"))
+                })
+            })
+            .transpose()?;
+        let compression = match attrs.get("compression").map(String::as_str) {
+            None | Some("" | "gzip") => Compression::Gzip {
+                level: level.map_or(6, |l| l.clamp(0, 9) as u32),
+            },
+            Some("uncompressed") => Compression::Uncompressed,
+            Some("zstd") => Compression::Zstd {
+                level: level.unwrap_or(3),
+            },
+            Some(other) => {
+                return Err(ImageExportError::Invalid(format!(
+                    "unsupported compression type {other}"
+                )));
+            }
+        };
+        let epoch = attrs
+            .get("source-date-epoch")
+            .filter(|v| !v.is_empty())
+            .map(|v| {
+                v.parse::<i64>().map_err(|_| {
+                    ImageExportError::Invalid(format!("invalid SOURCE_DATE_EPOCH {v:?}"))
+                })
+            })
+            .transpose()?;
+        let annotations = attrs
+            .iter()
+            .filter_map(|(k, v)| {
+                k.strip_prefix("annotation.")
+                    .or_else(|| k.strip_prefix("annotation-manifest."))
+                    .map(|k| (k.to_string(), v.clone()))
+            })
+            .collect();
+        Ok(ImageExportOptions {
+            names,
+            push: truthy(attrs, "push", false)?,
+            push_by_digest: truthy(attrs, "push-by-digest", false)?,
+            oci_media_types: truthy(attrs, "oci-mediatypes", kind == ImageExporter::Oci)?,
+            compression,
+            force_compression: truthy(attrs, "force-compression", false)?,
+            epoch,
+            rewrite_timestamp: truthy(attrs, "rewrite-timestamp", false)?,
+            annotations,
+        })
+    }
+}
+
+fn variant(opts: &ImageExportOptions) -> String {
+    let c = match opts.compression {
+        Compression::Uncompressed => "none".to_string(),
+        Compression::Gzip { level } => format!("gzip{level}"),
+        Compression::Zstd { level } => format!("zstd{level}"),
+    };
+    let ts = match (opts.rewrite_timestamp, opts.epoch) {
+        (true, Some(e)) => format!("-ts{e}"),
+        _ => String::new(),
+    };
+    format!(
+        "{c}{ts}-{}",
+        if opts.oci_media_types {
+            "oci"
+        } else {
+            "docker"
+        }
+    )
+}
+
+/// The snapshot chain under `result`, bottom first.
+fn chain(cache: &CacheManager, result: &Ref) -> Result<Vec<Ref>, ImageExportError> {
+    let mut out = vec![result.clone()];
+    let mut current = result.id().to_string();
+    for _ in 0..4096 {
+        let record = cache.record(&current).map_err(failed)?;
+        let Some(base) = record.and_then(|r| r.base) else {
+            break;
+        };
+        let held = cache
+            .get(&base)
+            .map_err(failed)?
+            .ok_or_else(|| failed(format!("snapshot {base} below the result was pruned")))?;
+        out.push(held);
+        current = base;
+    }
+    out.reverse();
+    Ok(out)
+}
+
+/// The layers of `result`'s chain, made where not yet known.
+async fn layers(
+    cache: &CacheManager,
+    store: &ContentStore,
+    result: &Ref,
+    opts: &ImageExportOptions,
+) -> Result<(Vec<Layer>, Vec<LayerMeta>), ImageExportError> {
+    let c = cache.clone();
+    let r = result.clone();
+    let snapshots = tokio::task::spawn_blocking(move || chain(&c, &r))
+        .await
+        .map_err(failed)??;
+    let variant = variant(opts);
+    let layer_opts = LayerOptions {
+        compression: opts.compression,
+        oci_media_types: opts.oci_media_types,
+        diff: layer::DiffOptions {
+            rewrite_timestamp: opts.epoch.filter(|_| opts.rewrite_timestamp),
+            ..Default::default()
+        },
+    };
+    let mut out = Vec::new();
+    let mut meta = Vec::new();
+    let mut below: Option<Ref> = None;
+    for snapshot in snapshots {
+        let id = snapshot.id().to_string();
+        let pulled = (!opts.force_compression && !opts.rewrite_timestamp)
+            .then(|| known_layer(cache, &id, "pulled"))
+            .flatten();
+        let known = pulled.or_else(|| known_layer(cache, &id, &variant));
+        let known = match known {
+            Some(k)
+                if store
+                    .exists(&parse_digest(&k.digest)?)
+                    .await
+                    .unwrap_or(false) =>
+            {
+                Some(k)
+            }
+            _ => None,
+        };
+        let layer = match known {
+            Some(k) => Layer {
+                descriptor: Descriptor::new(
+                    &export::convert_layer_media_type(&k.media_type, opts.oci_media_types),
+                    parse_digest(&k.digest)?,
+                    k.size,
+                ),
+                diff_id: parse_digest(&k.diff_id)?,
+                uncompressed_size: 0,
+            },
+            None => {
+                let made = layer::create_layer(
+                    store,
+                    below.as_ref().map(|b| b.path()),
+                    snapshot.path(),
+                    &layer_opts,
+                )
+                .await
+                .map_err(failed)?;
+                let known = KnownLayer {
+                    media_type: made.descriptor.media_type.clone(),
+                    digest: made.descriptor.digest.to_string(),
+                    size: made.descriptor.size,
+                    diff_id: made.diff_id.to_string(),
+                };
+                let (c, id2, v) = (cache.clone(), id.clone(), variant.clone());
+                tokio::task::spawn_blocking(move || remember_layer(&c, &id2, &v, &known))
+                    .await
+                    .map_err(failed)?
+                    .map_err(failed)?;
+                made
+            }
+        };
+        let record = cache.record(&id).ok().flatten();
+        meta.push(LayerMeta {
+            created: record
+                .as_ref()
+                .map(|r| export::Timestamp::from_unix(r.created_at as i64, 0)),
+            description: record.map(|r| r.description).unwrap_or_default(),
+        });
+        out.push(layer);
+        below = Some(snapshot);
+    }
+    Ok((out, meta))
+}
+
+fn parse_digest(d: &str) -> Result<Digest, ImageExportError> {
+    Digest::parse(d).map_err(failed)
+}
+
+/// What an export wrote, for the archive and the response.
+pub struct ExportedImage {
+    pub manifest: Descriptor,
+    pub config_digest: Digest,
+    pub names: Vec<Reference>,
+}
+
+/// Builds the image of `result` (config from the frontend's
+/// `containerimage.config`, if any) into the content store, and pushes it
+/// when asked.
+pub async fn export_image(
+    cache: &CacheManager,
+    store: &ContentStore,
+    registry: &bk_image::registry::RegistryClient,
+    result: &Ref,
+    config: Option<&[u8]>,
+    platform: &Platform,
+    opts: &ImageExportOptions,
+) -> Result<ExportedImage, ImageExportError> {
+    let (layers, meta) = layers(cache, store, result, opts).await?;
+    let diff_ids: Vec<Digest> = layers.iter().map(|l| l.diff_id.clone()).collect();
+    let blob = export::image_config(&ConfigInput {
+        config,
+        base_config: None,
+        default_platform: platform,
+        diff_ids: &diff_ids,
+        layer_meta: &meta,
+        epoch: opts.epoch,
+        inline_cache: None,
+    })
+    .map_err(failed)?;
+    let written = export::write_image(
+        store,
+        &blob.bytes,
+        &layers,
+        &ImageOptions {
+            oci_media_types: opts.oci_media_types,
+            annotations: opts.annotations.clone(),
+            ..Default::default()
+        },
+    )
+    .await
+    .map_err(failed)?;
+    if opts.push {
+        if opts.names.is_empty() {
+            return Err(ImageExportError::Invalid(
+                "push requires a name: --output type=image,name=REF,push=true".into(),
+            ));
+        }
+        let push_opts = PushOptions {
+            by_digest: opts.push_by_digest,
+            ..Default::default()
+        };
+        for i in 0..opts.names.len() {
+            let name = opts.names[i].clone();
+            export::push(registry, store, &name, &written.manifest_desc, &push_opts)
+                .await
+                .map_err(failed)?;
+        }
+    }
+    Ok(ExportedImage {
+        manifest: written.manifest_desc,
+        config_digest: written.config_desc.digest,
+        names: opts.names.clone(),
+    })
+}
+
+/// The exporter response keys clients read.
+pub fn response(image: &ExportedImage) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    out.insert(
+        "containerimage.digest".to_string(),
+        image.manifest.digest.to_string(),
+    );
+    out.insert(
+        "containerimage.config.digest".to_string(),
+        image.config_digest.to_string(),
+    );
+    if let Ok(json) = bk_image::json::to_vec(&image.manifest) {
+        out.insert(
+            "containerimage.descriptor".to_string(),
+            base64::engine::general_purpose::STANDARD.encode(json),
+        );
+    }
+    if !image.names.is_empty() {
+        out.insert(
+            "image.name".to_string(),
+            image
+                .names
+                .iter()
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+        );
+    }
+    out
+}
+
+/// Writes the OCI or Docker archive of `image` to `out` (blocking).
+pub fn write_archive<W: std::io::Write>(
+    store: &ContentStore,
+    kind: ImageExporter,
+    image: &ExportedImage,
+    out: W,
+) -> Result<W, ImageExportError> {
+    match kind {
+        ImageExporter::Docker => {
+            export::write_docker_archive(store, &image.manifest, &image.names, out)
+        }
+        _ => export::write_oci_archive(store, &image.manifest, &image.names, out),
+    }
+    .map_err(failed)
+}
