@@ -174,7 +174,15 @@ impl Builds {
                 )));
             }
         }
-        let exporters = exporters(req);
+        let mut exporters = exporters(req);
+        // BuildKit hands the build's SOURCE_DATE_EPOCH to every exporter.
+        if let Some(epoch) = req.frontend_attrs.get("build-arg:SOURCE_DATE_EPOCH") {
+            for e in &mut exporters {
+                e.attrs
+                    .entry("source-date-epoch".to_string())
+                    .or_insert_with(|| epoch.clone());
+            }
+        }
         for e in &exporters {
             match e.r#type.as_str() {
                 "local" | "tar" => {}
