@@ -101,23 +101,8 @@ fn local_files(
 }
 
 fn serde_json_list(items: &[&str]) -> String {
-    let quoted: Vec<String> = items
-        .iter()
-        .map(|s| {
-            let mut out = String::from("\"");
-            for c in s.chars() {
-                match c {
-                    '"' => out.push_str("\\\""),
-                    '\\' => out.push_str("\\\\"),
-                    c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-                    c => out.push(c),
-                }
-            }
-            out.push('"');
-            out
-        })
-        .collect();
-    format!("[{}]", quoted.join(","))
+    let owned: Vec<String> = items.iter().map(|s| s.to_string()).collect();
+    convert::json_strings(&owned)
 }
 
 /// `.dockerignore` lines as BuildKit reads them: comments and blanks
@@ -138,7 +123,7 @@ pub fn parse_ignore_file(text: &[u8]) -> Vec<String> {
             Some(rest) => (true, rest.trim()),
             None => (false, line),
         };
-        let cleaned = clean(pattern);
+        let cleaned = convert::path_clean(pattern);
         let cleaned = cleaned.strip_prefix('/').unwrap_or(&cleaned).to_string();
         let cleaned = if cleaned.is_empty() {
             ".".to_string()
@@ -152,31 +137,6 @@ pub fn parse_ignore_file(text: &[u8]) -> Vec<String> {
         });
     }
     out
-}
-
-/// Go's `filepath.Clean` for slash paths.
-fn clean(p: &str) -> String {
-    let rooted = p.starts_with('/');
-    let mut parts: Vec<&str> = Vec::new();
-    for part in p.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => {
-                if parts.last().is_some_and(|l| *l != "..") {
-                    parts.pop();
-                } else if !rooted {
-                    parts.push("..");
-                }
-            }
-            other => parts.push(other),
-        }
-    }
-    let joined = parts.join("/");
-    match (rooted, joined.is_empty()) {
-        (true, _) => format!("/{joined}"),
-        (false, true) => ".".to_string(),
-        (false, false) => joined,
-    }
 }
 
 async fn dockerfile<R: Send + Sync>(

@@ -50,28 +50,10 @@ pub async fn export_tar(
     result: &Ref,
 ) -> Result<(), ExportError> {
     let root = result.path().to_path_buf();
-    let (tx, rx) = mpsc::channel::<Bytes>(8);
-    let writer = tokio::task::spawn_blocking(move || {
-        write_tar(
-            &root,
-            ChannelWriter {
-                tx,
-                buf: Vec::new(),
-            },
-        )
-    });
-    let sent = filesync::send_file(
-        session,
-        exporter_index,
-        &Default::default(),
-        ReceiverStream::new(rx),
-    )
-    .await;
-    let written = writer
-        .await
-        .map_err(|e| ExportError::Archive(e.to_string()))?;
-    sent?;
-    written
+    send_written(session, exporter_index, move |out| {
+        write_tar(&root, out).map_err(|e| e.to_string())
+    })
+    .await
 }
 
 /// Streams what `write` writes (on a blocking thread) to the client's
@@ -137,7 +119,7 @@ impl Write for ChannelWriter {
 
 /// Writes the tree as a tar archive: entries in walk order (stable),
 /// hard links as links, owners and modes as on disk.
-fn write_tar(root: &Path, out: ChannelWriter) -> Result<(), ExportError> {
+fn write_tar(root: &Path, out: &mut dyn Write) -> Result<(), ExportError> {
     let entries = walk(root)?;
     let mut builder = tar::Builder::new(out);
     let fail = |e: std::io::Error| match e.kind() {
@@ -193,7 +175,7 @@ fn write_tar(root: &Path, out: ChannelWriter) -> Result<(), ExportError> {
                 .map_err(fail)?;
         }
     }
-    let mut out = builder.into_inner().map_err(fail)?;
+    let out = builder.into_inner().map_err(fail)?;
     out.flush().map_err(fail)?;
     Ok(())
 }

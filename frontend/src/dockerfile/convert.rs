@@ -2846,7 +2846,7 @@ fn follow_paths(paths: &BTreeSet<String>) -> Option<String> {
 }
 
 /// Go's `json.Marshal` of a `[]string`.
-fn json_strings(items: &[String]) -> String {
+pub(crate) fn json_strings(items: &[String]) -> String {
     bk_image::json::to_vec(items)
         .ok()
         .and_then(|b| String::from_utf8(b).ok())
@@ -2854,7 +2854,7 @@ fn json_strings(items: &[String]) -> String {
 }
 
 /// Go's `path.Clean`.
-fn path_clean(p: &str) -> String {
+pub(crate) fn path_clean(p: &str) -> String {
     let rooted = p.starts_with('/');
     let mut parts: Vec<&str> = Vec::new();
     for part in p.split('/') {
