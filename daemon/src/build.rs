@@ -186,6 +186,14 @@ impl Builds {
         for e in &exporters {
             match e.r#type.as_str() {
                 "local" | "tar" => {}
+                "oci" | "docker" if e.attrs.get("tar").is_some_and(|t| t == "false") => {
+                    // BuildKit sends such layouts through the client's
+                    // content store session service, not served yet.
+                    return Err(Status::unimplemented(format!(
+                        "exporter {:?} with tar=false is not supported yet by buildkit-rs",
+                        e.r#type
+                    )));
+                }
                 "image" | "oci" | "docker" => {
                     let kind = image_kind(&e.r#type);
                     bk_ops::image_export::ImageExportOptions::from_attrs(kind, &e.attrs)
