@@ -107,6 +107,13 @@ COPY ignored.txt* kept.txt /app/
 RUN echo "$GREETING $NAME" > /app/out.txt && echo built-the-greeting
 RUN --mount=type=cache,target=/cache echo x >> /cache/log && cp /cache/log /app/cachelog
 RUN --mount=type=secret,id=tok wc -c < /run/secrets/tok > /app/secretlen
+RUN <<EOF
+echo from-a-heredoc > /app/heredoc
+echo "$GREETING" >> /app/heredoc
+EOF
+COPY <<EOF /app/inline.txt
+written inline
+EOF
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -137,6 +144,8 @@ async fn a_multi_stage_dockerfile_builds_with_args_mounts_and_ignore_files() {
     assert_eq!(read("app/cachelog"), "x\n");
     assert_eq!(read("app/secretlen").trim(), "10");
     assert!(!out.join("run/secrets").exists());
+    assert_eq!(read("app/heredoc"), "from-a-heredoc\nhello\n");
+    assert_eq!(read("app/inline.txt"), "written inline\n");
     assert!(recorded.logs().contains("built-the-greeting"));
     let names = recorded.names();
     assert!(

@@ -236,7 +236,8 @@ async fn a_dockerfile_builds_from_an_image_in_a_local_registry() {
     std::fs::write(
         dir.join("Dockerfile"),
         format!(
-            "FROM {image}\nRUN echo \"$FROM_BASE\" > /from-base && ls /bin > /bins && id -u > /uid\n"
+            "FROM {image}\nRUN echo \"$FROM_BASE\" > /from-base && ls /bin > /bins && id -u > /uid\n\
+             LABEL org.example.test=1\nEXPOSE 8080\nWORKDIR /srv\nUSER 1000\nENTRYPOINT [\"sh\", \"-c\"]\n"
         ),
     )
     .unwrap();
@@ -305,7 +306,7 @@ async fn a_dockerfile_builds_from_an_image_in_a_local_registry() {
         let manifest: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(
             manifest["layers"].as_array().unwrap().len(),
-            2,
+            3,
             "{manifest}"
         );
         let config = Command::new("skopeo")
@@ -316,6 +317,31 @@ async fn a_dockerfile_builds_from_an_image_in_a_local_registry() {
         let config: serde_json::Value = serde_json::from_slice(&config.stdout).unwrap();
         let env = config["config"]["Env"].to_string();
         assert!(env.contains("FROM_BASE=yes"), "{config}");
+        // The Dockerfile's config, as BuildKit writes it: ENTRYPOINT resets
+        // the base image's CMD.
+        let c = &config["config"];
+        assert_eq!(c["User"], "1000", "{config}");
+        assert_eq!(c["WorkingDir"], "/srv");
+        assert_eq!(c["ExposedPorts"], serde_json::json!({"8080/tcp": {}}));
+        assert_eq!(c["Labels"]["org.example.test"], "1");
+        assert_eq!(c["Entrypoint"], serde_json::json!(["sh", "-c"]));
+        assert!(c.get("Cmd").is_none_or(|v| v.is_null()), "{config}");
+        let history: Vec<String> = config["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["created_by"].as_str().unwrap_or("").to_string())
+            .collect();
+        assert_eq!(
+            history.last().unwrap(),
+            "ENTRYPOINT [\"sh\" \"-c\"]",
+            "{history:?}"
+        );
+        assert!(
+            history.iter().any(|h| h.starts_with("RUN /bin/sh -c echo")),
+            "{history:?}"
+        );
+        assert_eq!(config["rootfs"]["diff_ids"].as_array().unwrap().len(), 3);
     }
     // Unchanged: the same digest, nothing compressed or uploaded again.
     let again = build_with(
