@@ -179,14 +179,8 @@ fn variant(opts: &ImageExportOptions) -> String {
         (true, Some(e)) => format!("-ts{e}"),
         _ => String::new(),
     };
-    format!(
-        "{c}{ts}-{}",
-        if opts.oci_media_types {
-            "oci"
-        } else {
-            "docker"
-        }
-    )
+    // The blob is the same whichever media type names it.
+    format!("{c}{ts}")
 }
 
 /// The snapshot chain under `result`, bottom first.
