@@ -1005,7 +1005,7 @@ impl ExecResult {
 }
 
 /// Go's `path.Clean`: a lexically shortest equivalent path.
-fn clean_path(path: &str) -> String {
+pub fn clean_path(path: &str) -> String {
     let rooted = path.starts_with('/');
     let mut parts: Vec<&str> = Vec::new();
     for part in path.split('/') {

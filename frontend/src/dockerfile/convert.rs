@@ -2855,29 +2855,7 @@ pub(crate) fn json_strings(items: &[String]) -> String {
 
 /// Go's `path.Clean`.
 pub(crate) fn path_clean(p: &str) -> String {
-    let rooted = p.starts_with('/');
-    let mut parts: Vec<&str> = Vec::new();
-    for part in p.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => {
-                if parts.last().is_some_and(|l| *l != "..") {
-                    parts.pop();
-                } else if !rooted {
-                    parts.push("..");
-                }
-            }
-            _ => parts.push(part),
-        }
-    }
-    let joined = parts.join("/");
-    if rooted {
-        format!("/{joined}")
-    } else if joined.is_empty() {
-        ".".to_owned()
-    } else {
-        joined
-    }
+    bk_llb::builder::clean_path(p)
 }
 
 /// Go's `path.Join`.
