@@ -92,9 +92,7 @@ impl ImageResolver for PulledImages {
             variant: platform.variant.clone(),
             ..Default::default()
         };
-        let (digest, config) = self.0.config(reference, &wanted, self.1.clone()).await?;
-        let json = bk_image::json::to_vec(&config).map_err(|e| e.to_string())?;
-        Ok((digest, json))
+        self.0.config(reference, &wanted, self.1.clone()).await
     }
 }
 

@@ -120,9 +120,11 @@ impl LlbBridge for GatewayService {
 
     async fn resolve_image_config(
         &self,
-        _: Request<gw::ResolveImageConfigRequest>,
+        request: Request<gw::ResolveImageConfigRequest>,
     ) -> Result<Response<gw::ResolveImageConfigResponse>, Status> {
-        unsupported("resolving images")
+        let bridge = self.bridge("ResolveImageConfig", &request).await?;
+        let response = bridge.resolve_image_config(request.into_inner()).await?;
+        Ok(Response::new(response))
     }
 
     async fn resolve_source_meta(

@@ -30,6 +30,8 @@ pub const FRONTEND_CAPS: &[&str] = &[
     "gateway.solve.evaluate",
     "proto.refarray",
     "readfile",
+    "resolveimage",
+    "resolveimage.resolvemode",
     "return",
     "solve.base",
 ];
@@ -252,6 +254,34 @@ impl<R: ResultRef> Bridge<R> {
         Ok(gw::SolveResponse {
             r#ref: id,
             result: None,
+        })
+    }
+
+    /// `ResolveImageConfig`: an image's digest and config for a platform
+    /// (the bridge's own when the request names none).
+    pub async fn resolve_image_config(
+        &self,
+        req: gw::ResolveImageConfigRequest,
+    ) -> Result<gw::ResolveImageConfigResponse, Status> {
+        if req.resolver_type != 0 {
+            return Err(Status::unimplemented(
+                "resolving images from OCI layouts is not supported yet by buildkit-rs",
+            ));
+        }
+        let platform = req
+            .platform
+            .filter(|p| !p.os.is_empty())
+            .unwrap_or_else(|| FrontendHost::platform(self));
+        let (digest, config) = self
+            .services
+            .images
+            .resolve(&req.r#ref, &platform)
+            .await
+            .map_err(Status::not_found)?;
+        Ok(gw::ResolveImageConfigResponse {
+            digest,
+            config,
+            r#ref: req.r#ref,
         })
     }
 

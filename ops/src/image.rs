@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use bk_cache::{CacheManager, RecordType, Ref};
 use bk_image::pull::{BlobProgress, Puller};
 use bk_image::reference::Reference;
-use bk_image::types::{Image, Platform};
+use bk_image::types::Platform;
 use bk_llb::Digest;
 use bk_proto::pb;
 use bk_solver::{Op, OpContext, OpError};
@@ -70,7 +70,7 @@ impl ImageSources {
         reference: &str,
         platform: &Platform,
         session_group: Vec<String>,
-    ) -> Result<(String, Image), String> {
+    ) -> Result<(String, Vec<u8>), String> {
         let parsed = Reference::parse_normalized_named(reference)
             .map_err(|e| e.to_string())?
             .tag_name_only();
@@ -78,7 +78,14 @@ impl ImageSources {
             .await
             .map_err(|e| e.to_string())?;
         self.remember(&parsed, platform, pulled.descriptor.digest.as_str());
-        Ok((pulled.descriptor.digest.to_string(), pulled.config))
+        // The config blob as the registry has it, as BuildKit answers.
+        let config = self
+            .puller
+            .store()
+            .read_blob(&pulled.manifest.config.digest, 16 << 20)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok((pulled.descriptor.digest.to_string(), config))
     }
 
     fn remember(&self, reference: &Reference, platform: &Platform, digest: &str) {
