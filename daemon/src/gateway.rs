@@ -151,16 +151,38 @@ impl LlbBridge for GatewayService {
 
     async fn read_dir(
         &self,
-        _: Request<gw::ReadDirRequest>,
+        request: Request<gw::ReadDirRequest>,
     ) -> Result<Response<gw::ReadDirResponse>, Status> {
-        unsupported("ReadDir")
+        let bridge = self.bridge("ReadDir", &request).await?;
+        let req = request.into_inner();
+        let snapshot = bridge.evaluate(&req.r#ref).await?;
+        let entries = tokio::task::spawn_blocking(move || {
+            read_dir(snapshot.path(), &req.dir_path, &req.include_pattern)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))??;
+        Ok(Response::new(gw::ReadDirResponse { entries }))
     }
 
     async fn stat_file(
         &self,
-        _: Request<gw::StatFileRequest>,
+        request: Request<gw::StatFileRequest>,
     ) -> Result<Response<gw::StatFileResponse>, Status> {
-        unsupported("StatFile")
+        let bridge = self.bridge("StatFile", &request).await?;
+        let req = request.into_inner();
+        let snapshot = bridge.evaluate(&req.r#ref).await?;
+        let stat = tokio::task::spawn_blocking(move || {
+            let full = bk_fileops::resolve_in_root(snapshot.path(), &req.path, false)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            let name = full
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            stat_of(&full, &name)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))??;
+        Ok(Response::new(gw::StatFileResponse { stat: Some(stat) }))
     }
 
     async fn new_container(
@@ -211,6 +233,68 @@ impl LlbBridge for GatewayService {
 /// Reads (part of) a regular file inside a snapshot: never following a link
 /// out, never opening a device or FIFO a context may contain, never reading
 /// more than one message can carry.
+/// An entry's fsutil stat, as BuildKit's ReadDir/StatFile report it (Go
+/// FileMode, nanosecond mtime, link target, device numbers; the path is
+/// the name given).
+fn stat_of(path: &std::path::Path, name: &str) -> Result<bk_fsutil::Stat, Status> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(path)
+        .map_err(|e| Status::not_found(format!("stat {name}: {e}")))?;
+    let mut stat = bk_fsutil::Stat {
+        path: name.to_string(),
+        mode: bk_fsutil::mode::from_unix(meta.mode()),
+        uid: meta.uid(),
+        gid: meta.gid(),
+        size: meta.size() as i64,
+        mod_time: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+        ..Default::default()
+    };
+    if meta.file_type().is_symlink() {
+        stat.linkname = std::fs::read_link(path)
+            .map(|t| t.to_string_lossy().into_owned())
+            .unwrap_or_default();
+    }
+    let ft = meta.file_type();
+    use std::os::unix::fs::FileTypeExt;
+    if ft.is_block_device() || ft.is_char_device() {
+        (stat.devmajor, stat.devminor) = bk_fsutil::mode::split_rdev(meta.rdev());
+    }
+    Ok(stat)
+}
+
+/// The entries directly in `dir` (resolved inside `root`), by name, those
+/// matching `include` when given, as BuildKit's gateway lists them.
+fn read_dir(
+    root: &std::path::Path,
+    dir: &str,
+    include: &str,
+) -> Result<Vec<bk_fsutil::Stat>, Status> {
+    let full = bk_fileops::resolve_in_root(root, dir, true)
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let matcher = if include.is_empty() {
+        None
+    } else {
+        Some(
+            bk_fsutil::patterns::PatternMatcher::new(&[include])
+                .map_err(|e| Status::invalid_argument(e.to_string()))?,
+        )
+    };
+    let mut names: Vec<String> = std::fs::read_dir(&full)
+        .map_err(|e| Status::not_found(format!("read {dir}: {e}")))?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    names.sort();
+    let mut out = Vec::new();
+    for name in names {
+        if matcher.as_ref().is_some_and(|m| !m.matches(&name)) {
+            continue;
+        }
+        out.push(stat_of(&full.join(&name), &name)?);
+    }
+    Ok(out)
+}
+
 fn read_range(
     root: &std::path::Path,
     path: &str,
@@ -263,4 +347,39 @@ fn read_range(
         .read_to_end(&mut data)
         .map_err(|e| Status::internal(format!("read {path}: {e}")))?;
     Ok(data)
+}
+
+#[cfg(test)]
+mod dir_tests {
+    use super::*;
+
+    #[test]
+    fn read_dir_lists_direct_entries_matching_the_pattern() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("d/sub")).unwrap();
+        std::fs::write(root.path().join("d/a.txt"), b"hello").unwrap();
+        std::fs::write(root.path().join("d/b.log"), b"x").unwrap();
+        std::fs::set_permissions(
+            root.path().join("d/a.txt"),
+            std::fs::Permissions::from_mode(0o640),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("/etc", root.path().join("link")).unwrap();
+
+        let all = read_dir(root.path(), "/d", "").unwrap();
+        let names: Vec<&str> = all.iter().map(|s| s.path.as_str()).collect();
+        assert_eq!(names, ["a.txt", "b.log", "sub"]);
+        let txt = read_dir(root.path(), "/d", "*.txt").unwrap();
+        assert_eq!(txt.len(), 1);
+        assert_eq!(txt[0].mode & 0o777, 0o640);
+        assert_eq!(txt[0].size, 5);
+        // A link out of the tree is resolved inside it, never followed out.
+        assert!(read_dir(root.path(), "/link", "").is_err());
+
+        let full = bk_fileops::resolve_in_root(root.path(), "/link", false).unwrap();
+        let st = stat_of(&full, "link").unwrap();
+        assert_eq!(st.linkname, "/etc");
+        assert!(bk_fsutil::mode::is_symlink(st.mode));
+    }
 }

@@ -29,11 +29,13 @@ pub const FRONTEND_CAPS: &[&str] = &[
     "gateway.evaluate",
     "gateway.solve.evaluate",
     "proto.refarray",
+    "readdir",
     "readfile",
     "resolveimage",
     "resolveimage.resolvemode",
     "return",
     "solve.base",
+    "statfile",
 ];
 
 /// LLB capabilities the solver and its ops implement.
