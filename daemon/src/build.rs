@@ -437,33 +437,19 @@ impl Builds {
             ImageExportOptions::from_attrs(kind, &exporter.attrs).map_err(|e| e.to_string())?;
         let store = self.images.puller.store().clone();
         let platform = crate::worker::default_image_platform(&self.workers);
-        // In a task of its own, with owned values: the registry client's
-        // futures are Send for concrete lifetimes only.
-        let (cache, images, result, config, group) = (
-            self.cache.clone(),
-            self.images.clone(),
-            result.clone(),
-            config.map(<[u8]>::to_vec),
+        let image = bk_ops::image::with_session_group(
             vec![session_id.to_string()],
-        );
-        let task_store = store.clone();
-        let image = tokio::spawn(async move {
-            bk_ops::image::with_session_group(group, async {
-                image_export::export_image(
-                    &cache,
-                    &task_store,
-                    images.puller.client(),
-                    &result,
-                    config.as_deref(),
-                    &platform,
-                    &opts,
-                )
-                .await
-            })
-            .await
-        })
+            image_export::export_image(
+                &self.cache,
+                &store,
+                self.images.puller.client(),
+                result,
+                config,
+                &platform,
+                &opts,
+            ),
+        )
         .await
-        .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
         let response = image_export::response(&image);
         if kind != image_export::ImageExporter::Image {

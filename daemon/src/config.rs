@@ -188,24 +188,9 @@ pub struct GcPolicyConfig {
     pub min_free_space: Option<DiskSpace>,
 }
 
-#[derive(Debug, Default, Clone, Deserialize)]
-#[serde(default)]
-pub struct RegistryConfig {
-    pub mirrors: Vec<String>,
-    #[serde(rename = "http")]
-    pub plain_http: Option<bool>,
-    pub insecure: Option<bool>,
-    pub ca: Vec<String>,
-    pub tlsconfigdir: Vec<String>,
-    pub keypair: Vec<KeyPair>,
-}
-
-#[derive(Debug, Default, Clone, Deserialize)]
-#[serde(default)]
-pub struct KeyPair {
-    pub key: String,
-    pub cert: String,
-}
+/// `[registry."host"]`: the image crate's type, which the registry client
+/// reads as it is.
+pub use bk_image::registry::hosts::RegistryConfig;
 
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(default)]

@@ -31,38 +31,50 @@ impl ResultFiles<Ref> for SnapshotFiles {
     }
 }
 
-fn read_file(root: &std::path::Path, path: &str, limit: usize) -> Result<Option<Vec<u8>>, Status> {
+/// Opens regular file `path` of the tree at `root`: resolved inside the
+/// tree, looked at before it is opened (opening a device node can have
+/// effects), never through a final symlink. Missing: `NotFound`.
+pub(crate) fn open_regular(
+    root: &std::path::Path,
+    path: &str,
+) -> Result<(std::fs::File, std::fs::Metadata), Status> {
     let full = bk_fileops::resolve_in_root(root, path, true)
         .map_err(|e| Status::invalid_argument(e.to_string()))?;
-    // Look before opening: opening a device node can have effects.
+    let failed = |op: &str, e: std::io::Error| {
+        let message = format!("{op} {path}: {e}");
+        if e.kind() == std::io::ErrorKind::NotFound {
+            Status::not_found(message)
+        } else {
+            Status::invalid_argument(message)
+        }
+    };
+    let not_regular = || Status::invalid_argument(format!("{path} is not a regular file"));
     match std::fs::symlink_metadata(&full) {
         Ok(meta) if meta.is_file() => {}
-        Ok(_) => {
-            return Err(Status::invalid_argument(format!(
-                "{path} is not a regular file"
-            )));
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Status::invalid_argument(format!("stat {path}: {e}"))),
+        Ok(_) => return Err(not_regular()),
+        Err(e) => return Err(failed("open", e)),
     }
     let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
-    let file = match std::fs::OpenOptions::new()
+    let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(flags.bits() as i32)
         .open(&full)
-    {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Status::invalid_argument(format!("open {path}: {e}"))),
-    };
+        .map_err(|e| failed("open", e))?;
     let meta = file
         .metadata()
         .map_err(|e| Status::internal(format!("stat {path}: {e}")))?;
     if !meta.is_file() {
-        return Err(Status::invalid_argument(format!(
-            "{path} is not a regular file"
-        )));
+        return Err(not_regular());
     }
+    Ok((file, meta))
+}
+
+fn read_file(root: &std::path::Path, path: &str, limit: usize) -> Result<Option<Vec<u8>>, Status> {
+    let (file, meta) = match open_regular(root, path) {
+        Ok(opened) => opened,
+        Err(status) if status.code() == tonic::Code::NotFound => return Ok(None),
+        Err(status) => return Err(status),
+    };
     if meta.len() > limit as u64 {
         return Err(Status::invalid_argument(format!(
             "{path} is larger than {limit} bytes"
@@ -132,33 +144,9 @@ impl bk_image::registry::auth::CredentialsProvider for SessionCredentials {
     }
 }
 
-/// The daemon's `[registry."host"]` settings in the image crate's terms.
+/// The registry hosts of the daemon's `[registry."host"]` settings.
 pub fn registry_hosts(
     config: &std::collections::BTreeMap<String, crate::config::RegistryConfig>,
 ) -> Result<bk_image::registry::hosts::RegistryHosts, String> {
-    use bk_image::registry::hosts::{KeyPair, RegistryConfig, RegistryHosts};
-    let converted = config
-        .iter()
-        .map(|(host, c)| {
-            (
-                host.clone(),
-                RegistryConfig {
-                    mirrors: c.mirrors.clone(),
-                    plain_http: c.plain_http,
-                    insecure: c.insecure,
-                    ca: c.ca.iter().map(Into::into).collect(),
-                    keypair: c
-                        .keypair
-                        .iter()
-                        .map(|k| KeyPair {
-                            key: k.key.clone().into(),
-                            cert: k.cert.clone().into(),
-                        })
-                        .collect(),
-                    tlsconfigdir: c.tlsconfigdir.iter().map(Into::into).collect(),
-                },
-            )
-        })
-        .collect();
-    RegistryHosts::new(converted).map_err(|e| e.to_string())
+    bk_image::registry::hosts::RegistryHosts::new(config.clone()).map_err(|e| e.to_string())
 }

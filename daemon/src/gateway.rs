@@ -301,33 +301,7 @@ fn read_range(
     range: Option<gw::FileRange>,
 ) -> Result<Vec<u8>, Status> {
     use std::io::{Read, Seek, SeekFrom};
-    use std::os::unix::fs::OpenOptionsExt;
-    let full = bk_fileops::resolve_in_root(root, path, true)
-        .map_err(|e| Status::invalid_argument(e.to_string()))?;
-    // Look before opening: opening a device node can have effects.
-    match std::fs::symlink_metadata(&full) {
-        Ok(meta) if meta.is_file() => {}
-        Ok(_) => {
-            return Err(Status::invalid_argument(format!(
-                "{path} is not a regular file"
-            )));
-        }
-        Err(e) => return Err(Status::not_found(format!("open {path}: {e}"))),
-    }
-    let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(flags.bits() as i32)
-        .open(&full)
-        .map_err(|e| Status::not_found(format!("open {path}: {e}")))?;
-    let meta = file
-        .metadata()
-        .map_err(|e| Status::internal(format!("stat {path}: {e}")))?;
-    if !meta.is_file() {
-        return Err(Status::invalid_argument(format!(
-            "{path} is not a regular file"
-        )));
-    }
+    let (mut file, meta) = crate::frontends::open_regular(root, path)?;
     let (offset, length) = match range {
         Some(r) => (r.offset.max(0) as u64, r.length.max(0) as u64),
         None => (0, 0),

@@ -192,13 +192,7 @@ impl ImageSource {
 }
 
 fn now() -> Timestamp {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    Timestamp {
-        seconds: d.as_secs() as i64,
-        nanos: d.subsec_nanos() as i32,
-    }
+    Timestamp::from(std::time::SystemTime::now())
 }
 
 #[async_trait]

@@ -210,12 +210,29 @@ async fn layers(
     result: &Ref,
     opts: &ImageExportOptions,
 ) -> Result<(Vec<Layer>, Vec<LayerMeta>), ImageExportError> {
-    let c = cache.clone();
-    let r = result.clone();
-    let snapshots = tokio::task::spawn_blocking(move || chain(&c, &r))
-        .await
-        .map_err(failed)??;
     let variant = variant(opts);
+    // Every database read in one go, off the async threads: the chain,
+    // each snapshot's record, and the layer already known for it.
+    let reuse_pulled = !opts.force_compression && !opts.rewrite_timestamp;
+    let (c, r, v) = (cache.clone(), result.clone(), variant.clone());
+    let planned = tokio::task::spawn_blocking(move || {
+        chain(&c, &r).map(|snapshots| {
+            snapshots
+                .into_iter()
+                .map(|snapshot| {
+                    let id = snapshot.id();
+                    let known = reuse_pulled
+                        .then(|| known_layer(&c, id, "pulled"))
+                        .flatten()
+                        .or_else(|| known_layer(&c, id, &v));
+                    let record = c.record(id).ok().flatten();
+                    (snapshot, record, known)
+                })
+                .collect::<Vec<_>>()
+        })
+    })
+    .await
+    .map_err(failed)??;
     let layer_opts = LayerOptions {
         compression: opts.compression,
         oci_media_types: opts.oci_media_types,
@@ -227,12 +244,8 @@ async fn layers(
     let mut out = Vec::new();
     let mut meta = Vec::new();
     let mut below: Option<Ref> = None;
-    for snapshot in snapshots {
+    for (snapshot, record, known) in planned {
         let id = snapshot.id().to_string();
-        let pulled = (!opts.force_compression && !opts.rewrite_timestamp)
-            .then(|| known_layer(cache, &id, "pulled"))
-            .flatten();
-        let known = pulled.or_else(|| known_layer(cache, &id, &variant));
         let known = match known {
             Some(k)
                 if store
@@ -277,7 +290,6 @@ async fn layers(
                 made
             }
         };
-        let record = cache.record(&id).ok().flatten();
         meta.push(LayerMeta {
             created: record
                 .as_ref()
