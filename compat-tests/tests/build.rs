@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use bk_client::solve_opts::BuildFlags;
 use bk_llb::builder::{self, CopyOptions, FileActions};
 use bk_proto::moby::buildkit::v1::StatusResponse;
-use compat_tests::{Daemon, DaemonOptions};
+use compat_tests::{Daemon, DaemonOptions, random};
 
 /// `FROM scratch` + `COPY . /out/`, as the Dockerfile frontend writes it:
 /// its context carries a fresh `local.unique` each time, so the copy's
@@ -98,16 +98,6 @@ async fn build(
         .map(|_| ())
         .map_err(|e| e.to_string());
     (result, recorded)
-}
-
-fn random(prefix: &str) -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "{prefix}{}x{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
 }
 
 fn assert_tree(out: &Path) {

@@ -10,17 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use bk_client::solve_opts::BuildFlags;
 use bk_proto::moby::buildkit::v1::StatusResponse;
-use compat_tests::{Daemon, DaemonOptions};
-
-fn random(prefix: &str) -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "{prefix}{}x{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
+use compat_tests::{Daemon, DaemonOptions, random};
 
 /// A context holding busybox, and a Dockerfile beside it.
 fn project(dir: &Path, dockerfile: &str) {

@@ -13,7 +13,7 @@ use bk_client::solve_opts::BuildFlags;
 use bk_llb::builder::{self, ExecResult, MountOptions, SecretOptions, SshOptions, State};
 use bk_proto::moby::buildkit::v1::StatusResponse;
 use bk_proto::pb;
-use compat_tests::{Daemon, DaemonOptions};
+use compat_tests::{Daemon, DaemonOptions, random};
 
 /// A root filesystem: busybox and its applets, users, an empty /tmp.
 fn make_rootfs(dir: &Path) {
@@ -50,16 +50,6 @@ fn rootfs() -> State {
 
 fn sh(root: &State, script: &str) -> builder::Exec {
     root.run(["/bin/sh", "-c", script])
-}
-
-fn random(prefix: &str) -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "{prefix}{}x{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
 }
 
 #[derive(Clone, Default)]
