@@ -391,6 +391,30 @@ impl CacheManager {
             .map(|v| v.value().to_string()))
     }
 
+    /// Every named value whose name starts with `prefix`.
+    pub fn named_with_prefix(&self, prefix: &str) -> Result<Vec<(String, String)>, CacheError> {
+        let tx = self.inner.db.begin_read().map_err(db_err)?;
+        let table = tx.open_table(NAMED).map_err(db_err)?;
+        let mut out = Vec::new();
+        for entry in table.range(prefix..).map_err(db_err)? {
+            let (k, v) = entry.map_err(db_err)?;
+            if !k.value().starts_with(prefix) {
+                break;
+            }
+            out.push((k.value().to_string(), v.value().to_string()));
+        }
+        Ok(out)
+    }
+
+    pub fn delete_named(&self, name: &str) -> Result<(), CacheError> {
+        let tx = self.inner.db.begin_write().map_err(db_err)?;
+        {
+            let mut table = tx.open_table(NAMED).map_err(db_err)?;
+            table.remove(name).map_err(db_err)?;
+        }
+        tx.commit().map_err(db_err)
+    }
+
     pub fn set_named(&self, name: &str, id: &str) -> Result<(), CacheError> {
         let tx = self.inner.db.begin_write().map_err(db_err)?;
         {

@@ -5,9 +5,9 @@
 use std::time::Duration;
 
 use bk_proto::moby::buildkit::v1::{SolveResponse, StatusResponse};
-use bk_session::{RunningSession, auth, filesync, secrets, ssh};
+use bk_session::{RunningSession, auth, content, filesync, secrets, ssh};
 
-use crate::solve_opts::PreparedBuild;
+use crate::solve_opts::{OutputTarget, PreparedBuild};
 use crate::{Client, ClientError};
 
 /// How long closing a session waits for the daemon to end it.
@@ -19,6 +19,8 @@ pub enum BuildError {
     Session(String),
     #[error("{0}")]
     Solve(ClientError),
+    #[error("{0}")]
+    Output(String),
 }
 
 /// Opens the build's session with everything `prepared` asks the client to
@@ -43,6 +45,27 @@ pub async fn start_session(
     if targets.iter().any(Option::is_some) {
         let targets = filesync::FileSendTargets::new(targets);
         session = session.with_service(|r| r.add_service(targets), filesync::FILESEND_METHODS);
+    }
+    let stores: Vec<_> = prepared
+        .exports
+        .iter()
+        .filter_map(|e| match &e.target {
+            OutputTarget::Store(dir) => Some(dir.clone()),
+            _ => None,
+        })
+        .collect();
+    if stores.len() > 1 {
+        // The store id is fixed, as in BuildKit.
+        return Err(BuildError::Session(format!(
+            "oci store key {:?} already exists",
+            content::EXPORT_STORE
+        )));
+    }
+    if let Some(dir) = stores.first() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| BuildError::Session(format!("{}: {e}", dir.display())))?;
+        let stores = content::LocalStores::new([(content::EXPORT_STORE.to_string(), dir.clone())]);
+        session = session.with_service(|r| r.add_service(stores.into_service()), content::METHODS);
     }
     if !prepared.secrets.is_empty() {
         let store = secrets::SecretStore::new(
@@ -87,6 +110,14 @@ impl Client {
             }
             Ok::<_, ClientError>(())
         });
+        let stores: Vec<_> = prepared
+            .exports
+            .iter()
+            .filter_map(|e| match &e.target {
+                OutputTarget::Store(dir) => Some(dir.clone()),
+                _ => None,
+            })
+            .collect();
         let response = self.solve(prepared.request).await;
         if response.is_err() {
             // The solve error is the one to show.
@@ -95,6 +126,11 @@ impl Client {
             tracing::warn!("status stream: {e}");
         }
         session.close(SESSION_CLOSE_GRACE).await;
-        response.map_err(BuildError::Solve)
+        let response = response.map_err(BuildError::Solve)?;
+        for dir in stores {
+            crate::oci_layout::record_export(&dir, &response.exporter_response)
+                .map_err(|e| BuildError::Output(format!("{}/index.json: {e}", dir.display())))?;
+        }
+        Ok(response)
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod build;
 pub mod csv;
+pub mod oci_layout;
 pub mod solve_opts;
 
 use std::path::{Path, PathBuf};

@@ -39,6 +39,9 @@ pub enum OutputTarget {
     Dir(PathBuf),
     File(PathBuf),
     Stdout,
+    /// An OCI layout directory the daemon writes blobs into through the
+    /// session's content store (`oci`/`docker` with `tar=false`).
+    Store(PathBuf),
 }
 
 impl OutputTarget {
@@ -46,7 +49,7 @@ impl OutputTarget {
     pub fn file_send_target(&self) -> Option<bk_session::filesync::FileSendTarget> {
         use bk_session::filesync::FileSendTarget;
         match self {
-            OutputTarget::None => None,
+            OutputTarget::None | OutputTarget::Store(_) => None,
             OutputTarget::Dir(d) => Some(FileSendTarget::Dir(d.clone())),
             OutputTarget::File(f) => Some(FileSendTarget::File(f.clone())),
             OutputTarget::Stdout => Some(FileSendTarget::Stdout),
@@ -234,7 +237,11 @@ pub fn parse_output(text: &str) -> Result<ExportEntry, String> {
     let target = if supports_dir {
         let dest = dest
             .ok_or_else(|| format!("output directory is required for {exporter_type} exporter"))?;
-        OutputTarget::Dir(dest.into())
+        if exporter_type == "local" {
+            OutputTarget::Dir(dest.into())
+        } else {
+            OutputTarget::Store(dest.into())
+        }
     } else if supports_file {
         match dest.as_deref() {
             None | Some("-") => OutputTarget::Stdout,
@@ -385,7 +392,7 @@ mod tests {
         );
         assert_eq!(
             parse_output("type=oci,tar=false,dest=d").unwrap().target,
-            OutputTarget::Dir("d".into())
+            OutputTarget::Store("d".into())
         );
     }
 

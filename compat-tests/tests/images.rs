@@ -364,3 +364,206 @@ async fn a_dockerfile_builds_from_an_image_in_a_local_registry() {
         .unwrap_err();
     assert!(err.contains("nothing"), "{err}");
 }
+
+async fn build_opts(
+    daemon: &Daemon,
+    dir: &Path,
+    output: Vec<String>,
+    opt: Vec<String>,
+) -> Result<std::collections::BTreeMap<String, String>, String> {
+    let flags = BuildFlags {
+        frontend: Some("dockerfile.v0".into()),
+        local: vec![
+            format!("context={}", dir.display()),
+            format!("dockerfile={}", dir.display()),
+        ],
+        output,
+        opt,
+        ..Default::default()
+    };
+    let id = compat_tests::random("img");
+    let prepared = flags.to_request(None, &id, &format!("s{id}")).unwrap();
+    daemon
+        .client()
+        .await
+        .build(prepared, |_| {})
+        .await
+        .map(|r| r.exporter_response)
+        .map_err(|e| e.to_string())
+}
+
+/// `oci` with `tar=false` (blobs through the session's content store, the
+/// client's `index.json`), and the image store: names, `name-canonical`,
+/// `dangling-name-prefix`, and `FROM` it with `image-resolve-mode=local`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn layouts_and_the_image_store() {
+    let Some(registry) = start_registry() else {
+        return;
+    };
+    let image = push_busybox(registry.port).await;
+    let daemon = Daemon::start(DaemonOptions::default());
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("p");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("Dockerfile"),
+        format!("FROM {image}\nRUN echo built > /built\n"),
+    )
+    .unwrap();
+    let layout = tmp.path().join("layout");
+    // One exporter a build: the response is one map for all of them.
+    let response = build_opts(
+        &daemon,
+        &dir,
+        vec![format!("type=oci,tar=false,dest={}", layout.display())],
+        vec![],
+    )
+    .await
+    .unwrap();
+    let digest = response["containerimage.digest"].clone();
+
+    // The layout: the client's index names the manifest; every blob is there.
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let entry = &index["manifests"][0];
+    assert_eq!(entry["digest"], digest.as_str(), "{index}");
+    assert!(
+        entry["annotations"]["org.opencontainers.image.created"].is_string(),
+        "{index}"
+    );
+    let blob = |d: &str| {
+        layout
+            .join("blobs/sha256")
+            .join(d.trim_start_matches("sha256:"))
+    };
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(blob(&digest)).unwrap()).unwrap();
+    assert!(blob(manifest["config"]["digest"].as_str().unwrap()).exists());
+    for layer in manifest["layers"].as_array().unwrap() {
+        assert!(blob(layer["digest"].as_str().unwrap()).exists(), "{layer}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(layout.join("oci-layout")).unwrap(),
+        r#"{"imageLayoutVersion":"1.0.0"}"#
+    );
+    if Command::new("skopeo").arg("--version").output().is_ok() {
+        let out = Command::new("skopeo")
+            .arg("inspect")
+            .arg(format!("oci:{}", layout.display()))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    if Command::new("umoci").arg("--version").output().is_ok() {
+        let bundle = tmp.path().join("bundle");
+        let out = Command::new("umoci")
+            .args(["unpack", "--image"])
+            .arg(format!("{}:latest", layout.display()))
+            .arg(&bundle)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            std::fs::read_to_string(bundle.join("rootfs/built")).unwrap(),
+            "built\n"
+        );
+    }
+
+    let response = build_opts(
+        &daemon,
+        &dir,
+        vec!["type=image,name=localonly/app:v1,name-canonical=true,dangling-name-prefix=dangle,unpack=true".into()],
+        vec![],
+    )
+    .await
+    .unwrap();
+    let digest = response["containerimage.digest"].clone();
+    let names = &response["image.name"];
+    assert!(names.contains(&format!("dangle@{digest}")), "{names}");
+
+    // The stored name, found without a registry (`localonly` is docker.io,
+    // unreachable here), by name and by canonical name.
+    for from in [
+        "localonly/app:v1".to_string(),
+        format!("localonly/app:v1@{digest}"),
+    ] {
+        std::fs::write(
+            dir.join("Dockerfile"),
+            format!("FROM {from}\nRUN cat /built > /again\n"),
+        )
+        .unwrap();
+        let out = tmp.path().join("out");
+        let _ = std::fs::remove_dir_all(&out);
+        build_opts(
+            &daemon,
+            &dir,
+            vec![format!("type=local,dest={}", out.display())],
+            vec!["image-resolve-mode=local".into()],
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(out.join("again")).unwrap(),
+            "built\n"
+        );
+    }
+
+    // A full prune takes the snapshots and the blobs only they needed (the
+    // unnamed OCI export's); the named image keeps its own.
+    let before = stored_blobs(&daemon.root);
+    daemon
+        .client()
+        .await
+        .prune(bk_proto::moby::buildkit::v1::PruneRequest {
+            all: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let after = stored_blobs(&daemon.root);
+    assert!(
+        after < before,
+        "{before} blobs before the prune, {after} after"
+    );
+    let out = tmp.path().join("after-prune");
+    build_opts(
+        &daemon,
+        &dir,
+        vec![format!("type=local,dest={}", out.display())],
+        vec!["image-resolve-mode=local".into()],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(out.join("again")).unwrap(),
+        "built\n"
+    );
+}
+
+/// Files in the daemon's content store (`…/content/blobs/sha256`).
+fn stored_blobs(root: &Path) -> usize {
+    fn walk(dir: &Path, found: &mut usize) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            if path.ends_with("content/blobs/sha256") {
+                *found += std::fs::read_dir(&path).map(|d| d.count()).unwrap_or(0);
+            } else if e.file_type().is_ok_and(|t| t.is_dir()) && !path.ends_with("snapshots") {
+                walk(&path, found);
+            }
+        }
+    }
+    let mut found = 0;
+    walk(root, &mut found);
+    found
+}

@@ -186,14 +186,6 @@ impl Builds {
         for e in &exporters {
             match e.r#type.as_str() {
                 "local" | "tar" => {}
-                "oci" | "docker" if e.attrs.get("tar").is_some_and(|t| t == "false") => {
-                    // BuildKit sends such layouts through the client's
-                    // content store session service, not served yet.
-                    return Err(Status::unimplemented(format!(
-                        "exporter {:?} with tar=false is not supported yet by buildkit-rs",
-                        e.r#type
-                    )));
-                }
                 "image" | "oci" | "docker" => {
                     let kind = image_kind(&e.r#type);
                     bk_ops::image_export::ImageExportOptions::from_attrs(kind, &e.attrs)
@@ -379,7 +371,8 @@ impl Builds {
         let name = match exporter.r#type.as_str() {
             "tar" => "exporting to client tarball",
             "image" => "exporting to image",
-            "oci" | "docker" => "exporting to client tarball",
+            "oci" => "exporting to oci image format",
+            "docker" => "exporting to docker image format",
             _ => "exporting to client directory",
         };
         // Not an LLB vertex: a stable digest of its own.
@@ -436,13 +429,20 @@ impl Builds {
         let opts =
             ImageExportOptions::from_attrs(kind, &exporter.attrs).map_err(|e| e.to_string())?;
         let store = self.images.puller.store().clone();
+        // Until the export is done its blobs are neither named nor
+        // remembered everywhere; garbage collection waits.
+        let _no_gc = self.images.gc_lock.read().await;
         let platform = crate::worker::default_image_platform(&self.workers);
-        let image = bk_ops::image::with_session_group(
+        let targets = image_export::ExportTargets {
+            registry: self.images.puller.client(),
+            images: &self.images.images,
+        };
+        let mut image = bk_ops::image::with_session_group(
             vec![session_id.to_string()],
             image_export::export_image(
                 &self.cache,
                 &store,
-                self.images.puller.client(),
+                &targets,
                 result,
                 config,
                 &platform,
@@ -451,13 +451,21 @@ impl Builds {
         )
         .await
         .map_err(|e| e.to_string())?;
+        if kind == image_export::ImageExporter::Image {
+            return Ok(image_export::response(&image));
+        }
+        image_export::archive_descriptor(&mut image, opts.epoch);
         let response = image_export::response(&image);
-        if kind != image_export::ImageExporter::Image {
-            let session = self
-                .sessions
-                .get(session_id, SESSION_WAIT)
+        let session = self
+            .sessions
+            .get(session_id, SESSION_WAIT)
+            .await
+            .map_err(|e| e.to_string())?;
+        if !opts.tar {
+            image_export::send_to_client_store(&session, &store, &image)
                 .await
                 .map_err(|e| e.to_string())?;
+        } else {
             bk_ops::export::send_written(&session, index, move |out| {
                 image_export::write_archive(&store, kind, &image, out)
                     .map(|_| ())
@@ -554,7 +562,7 @@ impl Builds {
         let filters = Filters::parse(&req.filter).map_err(Status::invalid_argument)?;
         let keep = Duration::from_nanos(u64::try_from(req.keep_duration).unwrap_or(0));
         let this = self.clone();
-        tokio::task::spawn_blocking(move || {
+        let removed = tokio::task::spawn_blocking(move || {
             let now = std::time::SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs())
@@ -567,10 +575,36 @@ impl Builds {
                     old_enough && filters.matches(|p| this.record_field(r, p))
                 })
                 .map_err(|e| Status::internal(e.to_string()))?;
-            Ok(removed.iter().map(|r| this.usage_record(r)).collect())
+            Ok::<_, Status>(removed.iter().map(|r| this.usage_record(r)).collect())
         })
         .await
-        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| Status::internal(e.to_string()))??;
+        self.collect_content_garbage().await;
+        Ok(removed)
+    }
+
+    /// Deletes the blobs no named image, live snapshot's layer or running
+    /// pull or export needs. Failures are logged: the prune itself worked.
+    async fn collect_content_garbage(&self) {
+        let _alone = self.images.gc_lock.write().await;
+        let (cache, images) = (self.cache.clone(), self.images.images.clone());
+        let roots = match tokio::task::spawn_blocking(move || {
+            bk_ops::image_export::content_roots(&cache, &images)
+        })
+        .await
+        {
+            Ok(Ok(roots)) => roots,
+            Ok(Err(e)) => return tracing::warn!("content garbage collection: {e}"),
+            Err(e) => return tracing::warn!("content garbage collection: {e}"),
+        };
+        match bk_image::gc::collect_garbage(self.images.puller.store(), roots).await {
+            Ok(report) => tracing::info!(
+                blobs = report.deleted.len(),
+                bytes = report.bytes,
+                "content garbage collected"
+            ),
+            Err(e) => tracing::warn!("content garbage collection: {e}"),
+        }
     }
 }
 

@@ -97,6 +97,7 @@ impl ImageResolver for PulledImages {
         &self,
         reference: &str,
         platform: &bk_proto::pb::Platform,
+        mode: &str,
     ) -> Result<(String, Vec<u8>), String> {
         let wanted = bk_image::types::Platform {
             architecture: platform.architecture.clone(),
@@ -104,7 +105,10 @@ impl ImageResolver for PulledImages {
             variant: platform.variant.clone(),
             ..Default::default()
         };
-        self.0.config(reference, &wanted, self.1.clone()).await
+        let mode = bk_ops::image::ResolveMode::parse(mode)?;
+        self.0
+            .config(reference, &wanted, mode, self.1.clone())
+            .await
     }
 }
 

@@ -125,9 +125,12 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         hosts,
         std::sync::Arc::new(frontends::SessionCredentials(sessions.clone())),
     );
+    let image_store = bk_image::images::ImageStore::open(oci_config.state_dir.join("images.json"))
+        .context("image store start-up failed")?;
     let images = std::sync::Arc::new(bk_ops::image::ImageSources::new(
         bk_image::pull::Puller::new(registry, content),
         cache.clone(),
+        image_store,
     ));
     let oci_worker =
         oci_worker.with_images(images.clone(), worker::default_image_platform(&workers));

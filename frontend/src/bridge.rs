@@ -277,7 +277,7 @@ impl<R: ResultRef> Bridge<R> {
         let (digest, config) = self
             .services
             .images
-            .resolve(&req.r#ref, &platform)
+            .resolve(&req.r#ref, &platform, &req.resolve_mode)
             .await
             .map_err(Status::not_found)?;
         Ok(gw::ResolveImageConfigResponse {

@@ -30,6 +30,7 @@ impl ImageResolver for FakeRegistry {
         &self,
         reference: &str,
         platform: &pb::Platform,
+        _mode: &str,
     ) -> Result<(String, Vec<u8>), String> {
         self.asked.lock().unwrap().push((
             reference.to_owned(),

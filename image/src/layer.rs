@@ -813,13 +813,9 @@ impl Write for HashingSender {
 }
 
 /// Stage two's output: compressed bytes to the async writer, in chunks.
-/// `lenient` makes a closed channel look like success (the zstd encoder
-/// panics on write errors); the failure is remembered in `closed` and the
-/// result discarded.
 struct ChunkOut {
     tx: tokio::sync::mpsc::Sender<Vec<u8>>,
     buf: Vec<u8>,
-    lenient: bool,
     closed: bool,
 }
 
@@ -827,7 +823,7 @@ impl ChunkOut {
     fn send(&mut self) -> io::Result<()> {
         if self.buf.is_empty() || self.closed {
             self.buf.clear();
-            return if self.closed && !self.lenient {
+            return if self.closed {
                 Err(io::Error::new(
                     io::ErrorKind::BrokenPipe,
                     "layer pipeline closed",
@@ -839,12 +835,10 @@ impl ChunkOut {
         let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
         if self.tx.blocking_send(chunk).is_err() {
             self.closed = true;
-            if !self.lenient {
-                return Err(io::Error::new(
-                    io::ErrorKind::BrokenPipe,
-                    "layer pipeline closed",
-                ));
-            }
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "layer pipeline closed",
+            ));
         }
         Ok(())
     }
@@ -853,14 +847,10 @@ impl ChunkOut {
 impl Write for ChunkOut {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         if self.closed {
-            return if self.lenient {
-                Ok(data.len())
-            } else {
-                Err(io::Error::new(
-                    io::ErrorKind::BrokenPipe,
-                    "layer pipeline closed",
-                ))
-            };
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "layer pipeline closed",
+            ));
         }
         self.buf.extend_from_slice(data);
         if self.buf.len() >= CHUNK {
@@ -905,6 +895,32 @@ fn closed_pipe(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::BrokenPipe
 }
 
+/// Compresses `input` into one zstd frame with a checksum (as Go's
+/// encoder writes), on `threads` workers. Always in libzstd's
+/// multi-threaded mode, whose output does not depend on the number of
+/// workers: a layer's digest is the same on every machine.
+fn zstd_compress<R: Read, W: Write>(
+    input: &mut R,
+    out: W,
+    level: i32,
+    threads: u32,
+) -> io::Result<W> {
+    let mut encoder = zstd::stream::write::Encoder::new(out, zstd_level(level))?;
+    encoder.include_checksum(true)?;
+    encoder.multithread(threads.max(1))?;
+    io::copy(input, &mut encoder)?;
+    encoder.finish()
+}
+
+/// libzstd's level for `compression-level` (0 is its default, 3; levels
+/// beyond 22 are 22).
+fn zstd_level(level: i32) -> i32 {
+    match level {
+        0 => 3,
+        l => l.clamp(1, 22),
+    }
+}
+
 /// Stage two: compress (or pass on) until stage one is done.
 fn compress_stage(
     rx: std::sync::mpsc::Receiver<Vec<u8>>,
@@ -914,7 +930,6 @@ fn compress_stage(
     let out = ChunkOut {
         tx,
         buf: Vec::with_capacity(CHUNK),
-        lenient: matches!(compression, Compression::Zstd { .. }),
         closed: false,
     };
     match compression {
@@ -931,26 +946,15 @@ fn compress_stage(
             Ok(())
         }
         Compression::Gzip { level } => parallel_gzip(rx, out, level.min(9)),
-        Compression::Zstd { .. } => {
-            let input = ChunkIn {
+        Compression::Zstd { level } => {
+            let mut input = ChunkIn {
                 rx,
                 cur: Vec::new(),
                 pos: 0,
             };
-            let mut out = out;
-            // The encoder unwraps its I/O results; ours never fail, but a
-            // panic must not take the daemon down with it either.
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                ruzstd::encoding::compress(
-                    input,
-                    &mut out,
-                    ruzstd::encoding::CompressionLevel::Fastest,
-                );
-            }));
-            if result.is_err() {
-                return Err(LayerError::Compression("zstd encoder failed".into()));
-            }
-            out.lenient = false;
+            let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let mut out = zstd_compress(&mut input, out, level, threads as u32)
+                .map_err(LayerError::Output)?;
             out.flush().map_err(LayerError::Output)
         }
     }
@@ -1123,6 +1127,38 @@ pub async fn create_layer(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Compressible, not trivially: text-like bytes from a small PRNG.
+    fn sample(len: usize) -> Vec<u8> {
+        let mut x: u32 = 12345;
+        (0..len)
+            .map(|_| {
+                x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                b"abcdefgh ij\n"[(x >> 16) as usize % 12]
+            })
+            .collect()
+    }
+
+    #[test]
+    fn zstd_output_is_the_same_whatever_the_workers_and_levels_count() {
+        // Level 1's jobs are 2 MiB: four of them.
+        let data = sample(8 << 20);
+        let mut outputs = Vec::new();
+        for threads in [1, 2, 4] {
+            let out = zstd_compress(&mut &data[..], Vec::new(), 1, threads).unwrap();
+            outputs.push(out);
+        }
+        assert!(outputs.windows(2).all(|w| w[0] == w[1]));
+        let text: String = (0..40_000)
+            .map(|i| format!("entry {} of {}: value {}\n", i % 977, i % 13, i * 7 % 1009))
+            .collect();
+        let data = text.as_bytes();
+        let fast = zstd_compress(&mut &data[..], Vec::new(), 1, 2).unwrap();
+        let best = zstd_compress(&mut &data[..], Vec::new(), 19, 2).unwrap();
+        assert!(best.len() < fast.len(), "{} vs {}", best.len(), fast.len());
+        let back = zstd::stream::decode_all(&best[..]).unwrap();
+        assert!(back == data);
+    }
 
     #[test]
     fn compare_sorts_contents_after_their_directory() {

@@ -28,6 +28,8 @@
 //! - [`export`]: image configs, manifests, OCI and Docker archives, OCI
 //!   layout directories and pushes, as BuildKit's image exporters write
 //!   them. Start with [`export::image_config`] and [`export::write_image`].
+//! - [`images`]: the image store, names for images in the content store.
+//!   [`gc`] deletes the blobs no name, remembered layer or lease reaches.
 //! - [`unpack`]: a layer applied onto a directory tree (whiteouts, owners,
 //!   xattrs, times; hostile paths kept inside the root). Start with
 //!   [`unpack::apply_layer`].
@@ -35,6 +37,8 @@
 pub mod content;
 pub mod digest;
 pub mod export;
+pub mod gc;
+pub mod images;
 pub mod json;
 pub mod layer;
 pub mod media_types;

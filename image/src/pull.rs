@@ -199,10 +199,23 @@ impl Puller {
         platform: &Platform,
         progress: Option<ProgressFn>,
     ) -> Result<PulledImage, PullError> {
-        let progress = progress.as_ref();
         let resolved = self.client.resolve(reference).await?;
+        self.pull_resolved(&resolved.reference, resolved.descriptor, platform, progress)
+            .await
+    }
+
+    /// Pulls the image `top` (a manifest or index `reference` resolved to)
+    /// for `platform`. Blobs already in the store are not fetched, so an
+    /// image from the image store needs no registry at all.
+    pub async fn pull_resolved(
+        &self,
+        reference: &Reference,
+        top: Descriptor,
+        platform: &Platform,
+        progress: Option<ProgressFn>,
+    ) -> Result<PulledImage, PullError> {
+        let progress = progress.as_ref();
         let lease = self.store.lease();
-        let top = resolved.descriptor.clone();
         let comparer = MatchComparer::only(platform);
         let mut desc = top.clone();
         let mut depth = 0;
@@ -271,7 +284,7 @@ impl Puller {
         .await?;
 
         Ok(PulledImage {
-            reference: resolved.reference,
+            reference: reference.clone(),
             descriptor: top,
             manifest_descriptor: desc,
             manifest,

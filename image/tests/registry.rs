@@ -799,6 +799,72 @@ async fn a_registry_killed_mid_pull_leaves_no_partial_blob() {
     assert_no_ingest(&store).await;
 }
 
+#[tokio::test]
+async fn a_registry_killed_mid_push_gives_a_clear_error() {
+    let Some(reg) = Registry::start("killed_mid_push") else {
+        return;
+    };
+    let client = anonymous();
+    let blob = Bytes::from(noise(96 << 20, 12));
+    let desc = Descriptor::new(
+        media_types::OCI_LAYER_GZIP,
+        bk_image::Digest::sha256_of(&blob),
+        blob.len() as u64,
+    );
+    let reference = reg.reference("doomed-push:v1");
+
+    // Kill the registry once the upload has bytes on its disk.
+    let uploads = reg.dir.path().join("data");
+    let killer = reg.killer();
+    let watcher = std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if upload_bytes(&uploads) > 0 {
+                killer.kill();
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        false
+    });
+    let start = Instant::now();
+    let err = client
+        .push_blob(&reference, &desc, &PushSource::Bytes(blob), None)
+        .await
+        .unwrap_err();
+    assert!(watcher.join().unwrap(), "the upload never reached the disk");
+    let msg = err.to_string();
+    eprintln!("killed mid-push: {msg}");
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        start.elapsed()
+    );
+    assert!(msg.contains(&reg.host()), "{msg}");
+    assert!(msg.contains(desc.digest.encoded()), "{msg}");
+}
+
+/// Bytes under `dir` in files named `data` of an `_uploads` directory.
+fn upload_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut total = 0;
+    for e in entries.flatten() {
+        let path = e.path();
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if meta.is_dir() {
+            total += upload_bytes(&path);
+        } else if e.file_name() == "data" && path.components().any(|c| c.as_os_str() == "_uploads")
+        {
+            total += meta.len();
+        }
+    }
+    total
+}
+
 /// Pull throughput from the local registry; prints figures, asserts none.
 /// `cargo test -p bk-image --release --test registry -- --ignored --nocapture bench`
 #[tokio::test]

@@ -12,9 +12,10 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use bk_cache::{CacheManager, RecordType, Ref};
+use bk_image::images::ImageStore;
 use bk_image::pull::{BlobProgress, Puller};
 use bk_image::reference::Reference;
-use bk_image::types::Platform;
+use bk_image::types::{Descriptor, Platform};
 use bk_llb::Digest;
 use bk_proto::pb;
 use bk_solver::{Op, OpContext, OpError};
@@ -41,6 +42,11 @@ pub fn current_session_group() -> Option<Vec<String>> {
 pub struct ImageSources {
     pub puller: Puller,
     pub cache: CacheManager,
+    /// Named images (the image exporter's), for `image-resolve-mode=local`.
+    pub images: ImageStore,
+    /// Exports hold it shared while their blobs are not yet remembered or
+    /// named; content garbage collection holds it alone.
+    pub gc_lock: tokio::sync::RwLock<()>,
     /// One unpack of a chain at a time.
     chain_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Resolutions of this daemon's life: a tag pulled once resolves to the
@@ -49,10 +55,12 @@ pub struct ImageSources {
 }
 
 impl ImageSources {
-    pub fn new(puller: Puller, cache: CacheManager) -> ImageSources {
+    pub fn new(puller: Puller, cache: CacheManager, images: ImageStore) -> ImageSources {
         ImageSources {
             puller,
             cache,
+            images,
+            gc_lock: tokio::sync::RwLock::new(()),
             chain_locks: Mutex::new(HashMap::new()),
             resolved: Mutex::new(HashMap::new()),
         }
@@ -69,14 +77,24 @@ impl ImageSources {
         &self,
         reference: &str,
         platform: &Platform,
+        mode: ResolveMode,
         session_group: Vec<String>,
     ) -> Result<(String, Vec<u8>), String> {
         let parsed = Reference::parse_normalized_named(reference)
             .map_err(|e| e.to_string())?
             .tag_name_only();
-        let pulled = with_session_group(session_group, self.puller.pull(&parsed, platform, None))
-            .await
-            .map_err(|e| e.to_string())?;
+        let pulled = with_session_group(session_group, async {
+            match self.local_image(&parsed, mode).await {
+                Some(top) => {
+                    self.puller
+                        .pull_resolved(&parsed, top, platform, None)
+                        .await
+                }
+                None => self.puller.pull(&parsed, platform, None).await,
+            }
+        })
+        .await
+        .map_err(|e| e.to_string())?;
         self.remember(&parsed, platform, pulled.descriptor.digest.as_str());
         // The config blob as the registry has it, as BuildKit answers.
         let config = self
@@ -86,6 +104,28 @@ impl ImageSources {
             .await
             .map_err(|e| e.to_string())?;
         Ok((pulled.descriptor.digest.to_string(), config))
+    }
+
+    /// The image store's image for `reference` when `mode` prefers local
+    /// images: by its full name (`docker.io/library/x:tag`), and with a
+    /// digest in the reference only if the stored image is that one.
+    async fn local_image(&self, reference: &Reference, mode: ResolveMode) -> Option<Descriptor> {
+        if mode != ResolveMode::Local {
+            return None;
+        }
+        let key = match reference.tag() {
+            Some(tag) => format!("{}:{tag}", reference.name()),
+            None => format!("{}:latest", reference.name()),
+        };
+        let images = self.images.clone();
+        let record = tokio::task::spawn_blocking(move || images.get(&key))
+            .await
+            .ok()
+            .flatten()?;
+        match reference.digest() {
+            Some(d) if *d != record.target.digest => None,
+            _ => Some(record.target),
+        }
     }
 
     fn remember(&self, reference: &Reference, platform: &Platform, digest: &str) {
@@ -120,14 +160,40 @@ pub fn op_platform(op: Option<&pb::Platform>, default: &Platform) -> Platform {
     }
 }
 
+/// `image.resolvemode`: where a tag is resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ResolveMode {
+    /// The registry (a tag seen before in this daemon's life keeps its
+    /// digest).
+    #[default]
+    Default,
+    /// The registry, every time.
+    Pull,
+    /// The image store first, then the registry.
+    Local,
+}
+
+impl ResolveMode {
+    /// BuildKit's attr values; anything else is an error.
+    pub fn parse(value: &str) -> Result<ResolveMode, String> {
+        match value {
+            "" | "default" => Ok(ResolveMode::Default),
+            "pull" => Ok(ResolveMode::Pull),
+            "local" => Ok(ResolveMode::Local),
+            other => Err(format!("invalid resolvemode: {other}")),
+        }
+    }
+}
+
 /// One `docker-image://` vertex.
 pub struct ImageSource {
     reference: Reference,
     platform: Platform,
-    pull_always: bool,
+    mode: ResolveMode,
     sources: Arc<ImageSources>,
-    /// The digest the key was computed from, for `exec`.
-    resolved: tokio::sync::Mutex<Option<Reference>>,
+    /// The digest the key was computed from, for `exec`, and the image
+    /// store's descriptor when it came from there.
+    resolved: tokio::sync::Mutex<Option<(Reference, Option<Descriptor>)>>,
 }
 
 impl ImageSource {
@@ -140,25 +206,39 @@ impl ImageSource {
         let reference = Reference::parse_normalized_named(identifier)
             .map_err(|e| OpError::new(format!("invalid image reference {identifier:?}: {e}")))?
             .tag_name_only();
-        let pull_always = attrs.get("image.resolvemode").map(String::as_str) == Some("pull");
+        let mode = ResolveMode::parse(
+            attrs
+                .get("image.resolvemode")
+                .map(String::as_str)
+                .unwrap_or_default(),
+        )
+        .map_err(OpError::new)?;
         Ok(ImageSource {
             reference,
             platform,
-            pull_always,
+            mode,
             sources,
             resolved: tokio::sync::Mutex::new(None),
         })
     }
 
-    async fn resolve(&self, group: &[String]) -> Result<Reference, OpError> {
+    async fn resolve(&self, group: &[String]) -> Result<(Reference, Option<Descriptor>), OpError> {
         if let Some(r) = self.resolved.lock().await.clone() {
             return Ok(r);
+        }
+        if let Some(local) = self.sources.local_image(&self.reference, self.mode).await {
+            let resolved = (
+                self.reference.clone().with_digest(local.digest.clone()),
+                Some(local),
+            );
+            *self.resolved.lock().await = Some(resolved.clone());
+            return Ok(resolved);
         }
         let reference = if self.reference.digest().is_some() {
             self.reference.clone()
         } else {
             let key = (self.reference.to_string(), platform_string(&self.platform));
-            let known = (!self.pull_always)
+            let known = (self.mode != ResolveMode::Pull)
                 .then(|| {
                     self.sources
                         .resolved
@@ -186,8 +266,8 @@ impl ImageSource {
                 .map_err(|e| OpError::new(e.to_string()))?;
             self.reference.clone().with_digest(digest)
         };
-        *self.resolved.lock().await = Some(reference.clone());
-        Ok(reference)
+        *self.resolved.lock().await = Some((reference.clone(), None));
+        Ok((reference, None))
     }
 }
 
@@ -198,7 +278,7 @@ fn now() -> Timestamp {
 #[async_trait]
 impl Op<Ref> for ImageSource {
     async fn cache_key(&self, ctx: &OpContext, _inputs: &[Digest]) -> Result<Digest, OpError> {
-        let resolved = self.resolve(&ctx.session_group).await?;
+        let (resolved, _) = self.resolve(&ctx.session_group).await?;
         let material = format!(
             "docker-image v1\0{}\0{}",
             resolved.digest().map(|d| d.to_string()).unwrap_or_default(),
@@ -212,7 +292,7 @@ impl Op<Ref> for ImageSource {
     }
 
     async fn exec(&self, ctx: &OpContext, _inputs: Vec<Ref>) -> Result<Vec<Ref>, OpError> {
-        let reference = self.resolve(&ctx.session_group).await?;
+        let (reference, local) = self.resolve(&ctx.session_group).await?;
         let progress = ctx.progress.clone();
         let started: Arc<Mutex<HashMap<String, Timestamp>>> = Arc::default();
         let report = Arc::new(move |p: &BlobProgress| {
@@ -228,12 +308,22 @@ impl Op<Ref> for ImageSource {
             );
             progress.status(&id, p.current as i64, p.total as i64, begun, done.then(now));
         });
-        let pulled = with_session_group(
-            ctx.session_group.to_vec(),
-            self.sources
-                .puller
-                .pull(&reference, &self.platform, Some(report)),
-        )
+        let pulled = with_session_group(ctx.session_group.to_vec(), async {
+            match local {
+                Some(top) => {
+                    self.sources
+                        .puller
+                        .pull_resolved(&reference, top, &self.platform, Some(report))
+                        .await
+                }
+                None => {
+                    self.sources
+                        .puller
+                        .pull(&reference, &self.platform, Some(report))
+                        .await
+                }
+            }
+        })
         .await
         .map_err(|e| OpError::new(e.to_string()))?;
 

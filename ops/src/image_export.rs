@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use base64::Engine as _;
 use bk_cache::{CacheManager, Ref};
 use bk_image::export::{self, ConfigInput, ImageOptions, LayerMeta, PushOptions};
+use bk_image::images::ImageStore;
 use bk_image::layer::{self, Compression, Layer, LayerOptions};
 use bk_image::{ContentStore, Descriptor, Digest, Platform, Reference};
 use serde::{Deserialize, Serialize};
@@ -50,6 +51,36 @@ pub fn remember_layer(
     cache.set_meta(&layer_key(id, variant), &json)
 }
 
+/// What content garbage collection keeps (blocking): every named image,
+/// and the layers remembered for snapshots that still exist. Layers
+/// remembered for pruned snapshots are forgotten.
+pub fn content_roots(
+    cache: &CacheManager,
+    images: &ImageStore,
+) -> Result<Vec<Descriptor>, bk_cache::CacheError> {
+    let mut roots: Vec<Descriptor> = images.list().into_iter().map(|r| r.target).collect();
+    for (key, json) in cache.named_with_prefix("layer:")? {
+        let Some(snapshot) = key
+            .strip_prefix("layer:")
+            .and_then(|rest| rest.rsplit_once(':'))
+            .map(|(id, _variant)| id)
+        else {
+            continue;
+        };
+        if cache.record(snapshot)?.is_none() {
+            cache.delete_named(&key)?;
+            continue;
+        }
+        let Ok(known) = serde_json::from_str::<KnownLayer>(&json) else {
+            continue;
+        };
+        if let Ok(digest) = Digest::parse(&known.digest) {
+            roots.push(Descriptor::new(&known.media_type, digest, known.size));
+        }
+    }
+    Ok(roots)
+}
+
 fn known_layer(cache: &CacheManager, id: &str, variant: &str) -> Option<KnownLayer> {
     let json = cache.meta(&layer_key(id, variant)).ok()??;
     serde_json::from_str(&json).ok()
@@ -78,6 +109,24 @@ pub struct ImageExportOptions {
     pub epoch: Option<i64>,
     pub rewrite_timestamp: bool,
     pub annotations: BTreeMap<String, String>,
+    /// `store` (default true): name the image in the image store.
+    pub store: bool,
+    /// `unpack`: the result's snapshots become the image's unpacked
+    /// layer chain, so `FROM` this image unpacks nothing.
+    pub unpack: bool,
+    /// `name-canonical`: also store the name with `@digest`.
+    pub name_canonical: bool,
+    /// `dangling-name-prefix`: `<prefix>@<digest>` is a name too (the only
+    /// one with `danging-name-empty-only`, BuildKit's spelling, when
+    /// names were given).
+    pub dangling_name_prefix: Option<String>,
+    pub dangling_empty_only: bool,
+    /// `registry.insecure`: push over HTTPS without verification, falling
+    /// back to plain HTTP.
+    pub insecure: bool,
+    /// `tar` (oci, docker; default true): false writes the blobs into the
+    /// client's content store instead of an archive.
+    pub tar: bool,
 }
 
 fn truthy(
@@ -165,6 +214,25 @@ impl ImageExportOptions {
             epoch,
             rewrite_timestamp: truthy(attrs, "rewrite-timestamp", false)?,
             annotations,
+            // Only the image exporter names images in the store.
+            store: kind == ImageExporter::Image && truthy(attrs, "store", true)?,
+            unpack: truthy(attrs, "unpack", false)?,
+            name_canonical: truthy(attrs, "name-canonical", false)?,
+            dangling_name_prefix: attrs
+                .get("dangling-name-prefix")
+                .filter(|p| !p.is_empty())
+                .cloned(),
+            dangling_empty_only: truthy(attrs, "danging-name-empty-only", false)?,
+            insecure: truthy(attrs, "registry.insecure", false)?,
+            tar: match attrs.get("tar").map(String::as_str) {
+                None | Some("" | "true" | "1") => true,
+                Some("false" | "0") => false,
+                Some(_) => {
+                    return Err(ImageExportError::Invalid(
+                        "non-bool value specified for tar".into(),
+                    ));
+                }
+            },
         })
     }
 }
@@ -209,7 +277,7 @@ async fn layers(
     store: &ContentStore,
     result: &Ref,
     opts: &ImageExportOptions,
-) -> Result<(Vec<Layer>, Vec<LayerMeta>), ImageExportError> {
+) -> Result<(Vec<Layer>, Vec<LayerMeta>, Vec<String>), ImageExportError> {
     let variant = variant(opts);
     // Every database read in one go, off the async threads: the chain,
     // each snapshot's record, and the layer already known for it.
@@ -243,6 +311,7 @@ async fn layers(
     };
     let mut out = Vec::new();
     let mut meta = Vec::new();
+    let mut ids = Vec::new();
     let mut below: Option<Ref> = None;
     for (snapshot, record, known) in planned {
         let id = snapshot.id().to_string();
@@ -297,9 +366,10 @@ async fn layers(
             description: record.map(|r| r.description).unwrap_or_default(),
         });
         out.push(layer);
+        ids.push(id);
         below = Some(snapshot);
     }
-    Ok((out, meta))
+    Ok((out, meta, ids))
 }
 
 fn parse_digest(d: &str) -> Result<Digest, ImageExportError> {
@@ -310,7 +380,14 @@ fn parse_digest(d: &str) -> Result<Digest, ImageExportError> {
 pub struct ExportedImage {
     pub manifest: Descriptor,
     pub config_digest: Digest,
+    /// The names given, and the dangling name.
     pub names: Vec<Reference>,
+}
+
+/// Where an export writes besides the content store.
+pub struct ExportTargets<'a> {
+    pub registry: &'a bk_image::registry::RegistryClient,
+    pub images: &'a ImageStore,
 }
 
 /// Builds the image of `result` (config from the frontend's
@@ -319,13 +396,13 @@ pub struct ExportedImage {
 pub async fn export_image(
     cache: &CacheManager,
     store: &ContentStore,
-    registry: &bk_image::registry::RegistryClient,
+    targets: &ExportTargets<'_>,
     result: &Ref,
     config: Option<&[u8]>,
     platform: &Platform,
     opts: &ImageExportOptions,
 ) -> Result<ExportedImage, ImageExportError> {
-    let (layers, meta) = layers(cache, store, result, opts).await?;
+    let (layers, meta, snapshot_ids) = layers(cache, store, result, opts).await?;
     let diff_ids: Vec<Digest> = layers.iter().map(|l| l.diff_id.clone()).collect();
     let blob = export::image_config(&ConfigInput {
         config,
@@ -349,28 +426,137 @@ pub async fn export_image(
     )
     .await
     .map_err(failed)?;
+    let root = written.manifest_desc;
+    let mut names = opts.names.clone();
+    if let Some(prefix) = &opts.dangling_name_prefix
+        && (names.is_empty() || !opts.dangling_empty_only)
+    {
+        let dangling = format!("{prefix}@{}", root.digest);
+        names.push(Reference::parse_normalized_named(&dangling).map_err(|e| {
+            ImageExportError::Invalid(format!("invalid dangling-name-prefix {prefix:?}: {e}"))
+        })?);
+    }
     if opts.push {
-        if opts.names.is_empty() {
+        if names.is_empty() {
             return Err(ImageExportError::Invalid(
                 "push requires a name: --output type=image,name=REF,push=true".into(),
             ));
         }
-        let push_opts = PushOptions {
-            by_digest: opts.push_by_digest,
-            ..Default::default()
-        };
-        for i in 0..opts.names.len() {
-            let name = opts.names[i].clone();
-            export::push(registry, store, &name, &written.manifest_desc, &push_opts)
-                .await
-                .map_err(failed)?;
+        for name in &names {
+            push_one(targets.registry, store, name, &root, opts).await?;
         }
     }
+    if opts.store {
+        let mut stored = Vec::new();
+        for name in &names {
+            stored.push(name.to_string());
+            if opts.name_canonical && name.digest().is_none() {
+                stored.push(name.with_digest(root.digest.clone()).to_string());
+            }
+        }
+        let (images, target) = (targets.images.clone(), root.clone());
+        tokio::task::spawn_blocking(move || {
+            stored
+                .iter()
+                .try_for_each(|n| images.put(n, &target).map(|_| ()))
+        })
+        .await
+        .map_err(failed)?
+        .map_err(failed)?;
+    }
+    if opts.unpack && !opts.rewrite_timestamp {
+        let chain = chain_ids(&diff_ids);
+        let c = cache.clone();
+        tokio::task::spawn_blocking(move || name_layer_chain(&c, &chain, &snapshot_ids))
+            .await
+            .map_err(failed)??;
+    }
     Ok(ExportedImage {
-        manifest: written.manifest_desc,
+        manifest: root,
         config_digest: written.config_desc.digest,
-        names: opts.names.clone(),
+        names,
     })
+}
+
+/// Pushes `root` under `name`: by its tag, or by digest alone when the
+/// name is canonical (a dangling name) or `push-by-digest` says so.
+async fn push_one(
+    registry: &bk_image::registry::RegistryClient,
+    store: &ContentStore,
+    name: &Reference,
+    root: &Descriptor,
+    opts: &ImageExportOptions,
+) -> Result<(), ImageExportError> {
+    let by_digest = opts.push_by_digest || (name.digest().is_some() && name.tag().is_none());
+    let target = if name.digest().is_some() {
+        name.trim_named()
+    } else {
+        name.clone()
+    };
+    let insecure_client;
+    let client = if opts.insecure {
+        let mut hosts = BTreeMap::new();
+        hosts.insert(
+            target.domain().to_string(),
+            bk_image::RegistryConfig {
+                plain_http: Some(true),
+                insecure: Some(true),
+                ..Default::default()
+            },
+        );
+        let hosts = bk_image::RegistryHosts::new(hosts).map_err(failed)?;
+        insecure_client = registry.with_hosts(hosts);
+        &insecure_client
+    } else {
+        registry
+    };
+    let push_opts = PushOptions {
+        by_digest,
+        ..Default::default()
+    };
+    export::push(client, store, &target, root, &push_opts)
+        .await
+        .map_err(|e| failed(format!("failed to push {name}: {e}")))?;
+    Ok(())
+}
+
+/// containerd's chain ids of a layer stack: the first diff id, then
+/// `sha256(parent + " " + diff_id)`.
+pub fn chain_ids(diff_ids: &[Digest]) -> Vec<String> {
+    use sha2::{Digest as _, Sha256};
+    let mut out: Vec<String> = Vec::with_capacity(diff_ids.len());
+    for d in diff_ids {
+        let next = match out.last() {
+            None => d.to_string(),
+            Some(parent) => {
+                let hash = Sha256::digest(format!("{parent} {d}").as_bytes());
+                let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+                format!("sha256:{hex}")
+            }
+        };
+        out.push(next);
+    }
+    out
+}
+
+/// Names each snapshot as the unpacked layer chain it holds, where no live
+/// snapshot has that name yet.
+fn name_layer_chain(
+    cache: &CacheManager,
+    chain: &[String],
+    snapshot_ids: &[String],
+) -> Result<(), ImageExportError> {
+    for (chain_id, id) in chain.iter().zip(snapshot_ids) {
+        let name = format!("layer-chain:{chain_id}");
+        let live = cache
+            .named(&name)
+            .map_err(failed)?
+            .is_some_and(|existing| cache.record(&existing).ok().flatten().is_some());
+        if !live {
+            cache.set_named(&name, id).map_err(failed)?;
+        }
+    }
+    Ok(())
 }
 
 /// The exporter response keys clients read.
@@ -402,6 +588,58 @@ pub fn response(image: &ExportedImage) -> BTreeMap<String, String> {
         );
     }
     out
+}
+
+/// The descriptor the `oci` and `docker` exporters answer with: the root,
+/// annotated with its creation time (the epoch when given), as BuildKit's
+/// clients index it.
+pub fn archive_descriptor(image: &mut ExportedImage, epoch: Option<i64>) {
+    let created = match epoch {
+        Some(e) => export::Timestamp::from_unix(e, 0),
+        None => export::Timestamp::from_system_time(std::time::SystemTime::now()),
+    };
+    image
+        .manifest
+        .annotations
+        .entry("org.opencontainers.image.created".to_string())
+        .or_insert_with(|| created.to_rfc3339_utc_seconds());
+}
+
+/// Copies `image` into the client's `export` content store (`tar=false`):
+/// config and layers first, the manifest last, each skipped when the store
+/// has it.
+pub async fn send_to_client_store(
+    session: &bk_session::Session,
+    store: &ContentStore,
+    image: &ExportedImage,
+) -> Result<(), ImageExportError> {
+    use futures::{StreamExt as _, TryStreamExt as _};
+    let bytes = store
+        .read_blob(&image.manifest.digest, 16 << 20)
+        .await
+        .map_err(failed)?;
+    let manifest: bk_image::Manifest = serde_json::from_slice(&bytes).map_err(failed)?;
+    let mut blobs = vec![manifest.config.clone()];
+    blobs.extend(manifest.layers.iter().cloned());
+    let send = |desc: Descriptor| async move {
+        let file = store.open_blob(&desc.digest).await.map_err(failed)?;
+        bk_session::content::write_blob(
+            session,
+            bk_session::content::EXPORT_STORE,
+            &desc.media_type,
+            desc.digest.as_str(),
+            desc.size,
+            file,
+        )
+        .await
+        .map_err(|e| failed(format!("write {} to the client's store: {e}", desc.digest)))
+    };
+    futures::stream::iter(blobs.into_iter().map(send))
+        .buffer_unordered(4)
+        .try_collect::<Vec<bool>>()
+        .await?;
+    send(image.manifest.clone()).await?;
+    Ok(())
 }
 
 /// Writes the OCI or Docker archive of `image` to `out` (blocking).

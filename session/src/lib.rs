@@ -10,6 +10,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod content;
 pub mod filesync;
 pub mod manager;
 pub mod secrets;

@@ -70,17 +70,17 @@ impl ResolveMode {
 
 /// Looks up image configs (the daemon's registry client, or a fake).
 ///
-/// Implementations apply the build's `image-resolve-mode`
-/// ([`ConvertOptions::image_resolve_mode`]) themselves.
 #[async_trait]
 pub trait ImageResolver: Send + Sync {
     /// Resolves `reference` (normalised, e.g.
     /// `docker.io/library/busybox:latest`) for `platform`: the manifest's
     /// digest (`sha256:…`, or empty if unknown) and the image config JSON.
+    /// `mode` is `image-resolve-mode` (`default`, `pull` or `local`).
     async fn resolve(
         &self,
         reference: &str,
         platform: &pb::Platform,
+        mode: &str,
     ) -> Result<(String, Vec<u8>), String>;
 }
 
@@ -1144,7 +1144,11 @@ impl Converter<'_> {
             }
             let (digest, config) = self
                 .resolver
-                .resolve(&base_name, &pb_platform(&platform))
+                .resolve(
+                    &base_name,
+                    &pb_platform(&platform),
+                    self.opts.image_resolve_mode.as_str(),
+                )
                 .await
                 .map_err(|e| ConvertError::new(format!("{orig}: {e}")))?;
             let mut img: Image = serde_json::from_slice(&config)
@@ -1237,7 +1241,11 @@ impl Converter<'_> {
                     .unwrap_or_else(|| self.target_platform.clone());
                 let (_, config) = self
                     .resolver
-                    .resolve(&named.to_string(), &pb_platform(&platform))
+                    .resolve(
+                        &named.to_string(),
+                        &pb_platform(&platform),
+                        self.opts.image_resolve_mode.as_str(),
+                    )
                     .await
                     .map_err(ConvertError::new)?;
                 let mut img: Image = serde_json::from_slice(&config)

@@ -270,6 +270,15 @@ impl RegistryClient {
         &self.hosts
     }
 
+    /// The same client (credentials, retries) over other hosts: a push
+    /// with `registry.insecure` uses its own settings for one registry.
+    pub fn with_hosts(&self, hosts: RegistryHosts) -> RegistryClient {
+        RegistryClient {
+            hosts,
+            ..self.clone()
+        }
+    }
+
     fn endpoints(
         &self,
         domain: &str,
