@@ -114,7 +114,8 @@ impl LlbBridge for GatewayService {
         &self,
         request: Request<gw::WarnRequest>,
     ) -> Result<Response<gw::WarnResponse>, Status> {
-        self.bridge("Warn", &request).await?;
+        let bridge = self.bridge("Warn", &request).await?;
+        bridge.warn_request(request.into_inner())?;
         Ok(Response::new(gw::WarnResponse {}))
     }
 

@@ -14,6 +14,7 @@ use bk_llb::Graph;
 use bk_proto::google::rpc;
 use bk_proto::moby::buildkit::v1::apicaps::ApiCap;
 use bk_proto::moby::buildkit::v1::frontend::{self as gw, result::Result as ResultKind};
+use bk_proto::moby::buildkit::v1::VertexWarning;
 use bk_proto::moby::buildkit::v1::types::WorkerRecord;
 use bk_proto::pb;
 use bk_solver::{Job, Progress, ResultRef, SolveError, Solver};
@@ -28,6 +29,7 @@ use crate::dockerfile::convert::ImageResolver;
 pub const FRONTEND_CAPS: &[&str] = &[
     "gateway.evaluate",
     "gateway.solve.evaluate",
+    "gateway.warnings",
     "proto.refarray",
     "readdir",
     "readfile",
@@ -193,6 +195,21 @@ impl<R: ResultRef> Bridge<R> {
             returned: Mutex::new(Some(tx)),
         });
         (bridge, rx)
+    }
+
+    /// `Warn`: a warning in the build's progress, on the vertex the
+    /// frontend names.
+    pub fn warn_request(&self, req: gw::WarnRequest) -> Result<(), Status> {
+        self.progress.warn(VertexWarning {
+            vertex: req.digest,
+            level: req.level,
+            short: req.short,
+            detail: req.detail,
+            url: req.url,
+            info: req.info,
+            ranges: req.ranges,
+        });
+        Ok(())
     }
 
     pub fn ping(&self) -> gw::PongResponse {
@@ -380,6 +397,10 @@ impl<R: ResultRef> Bridge<R> {
 
 #[async_trait]
 impl<R: ResultRef> FrontendHost<R> for Bridge<R> {
+    fn warn(&self, warning: VertexWarning) {
+        self.progress.warn(warning);
+    }
+
     async fn solve(&self, definition: pb::Definition) -> Result<R, Status> {
         let id = self.register(&definition)?;
         self.evaluate(&id).await

@@ -38,6 +38,8 @@ pub trait FrontendHost<R>: Send + Sync {
     fn platform(&self) -> pb::Platform;
     /// The session the client serves its files through.
     fn session_id(&self) -> String;
+    /// A warning in the build's progress (lint findings).
+    fn warn(&self, warning: bk_proto::moby::buildkit::v1::VertexWarning);
 }
 
 /// A frontend's answer: the definition of the result, and metadata such as

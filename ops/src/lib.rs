@@ -9,6 +9,7 @@
 pub mod checksum;
 pub mod export;
 pub mod file;
+pub mod http;
 pub mod image;
 pub mod image_export;
 pub mod local;
@@ -31,6 +32,8 @@ pub struct SnapshotWorker {
     sessions: Arc<SessionManager>,
     contexts: Arc<LocalContexts>,
     images: Option<(Arc<image::ImageSources>, bk_image::types::Platform)>,
+    /// The client of `http(s)://` sources, made on first use.
+    web: std::sync::OnceLock<bk_image::registry::web::WebClient>,
 }
 
 impl SnapshotWorker {
@@ -40,6 +43,7 @@ impl SnapshotWorker {
             sessions,
             contexts: Arc::new(LocalContexts::default()),
             images: None,
+            web: std::sync::OnceLock::new(),
         }
     }
 
@@ -51,6 +55,20 @@ impl SnapshotWorker {
     ) -> SnapshotWorker {
         self.images = Some((images, platform));
         self
+    }
+}
+
+impl SnapshotWorker {
+    fn web(&self) -> Result<bk_image::registry::web::WebClient, OpError> {
+        if let Some(c) = self.web.get() {
+            return Ok(c.clone());
+        }
+        let client = bk_image::registry::web::WebClient::new(concat!(
+            "buildkit-rs/",
+            env!("CARGO_PKG_VERSION")
+        ))
+        .map_err(|e| OpError::new(e.to_string()))?;
+        Ok(self.web.get_or_init(|| client).clone())
     }
 }
 
@@ -78,6 +96,13 @@ impl Worker<Ref> for SnapshotWorker {
                         )?)),
                         None => Err(OpError::new("image sources are not configured")),
                     },
+                    "http" | "https" => Ok(Arc::new(http::HttpSource::new(
+                        source.identifier.clone(),
+                        &source.attrs,
+                        self.web()?,
+                        self.cache.clone(),
+                        self.sessions.clone(),
+                    )?)),
                     other => Err(OpError::new(format!(
                         "source type {other} is not supported yet"
                     ))),

@@ -14,7 +14,9 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use bk_llb::Digest;
-use bk_proto::moby::buildkit::v1::{StatusResponse, Vertex, VertexLog, VertexStatus};
+use bk_proto::moby::buildkit::v1::{
+    StatusResponse, Vertex, VertexLog, VertexStatus, VertexWarning,
+};
 use futures::Stream;
 use prost_types::Timestamp;
 use tokio::sync::watch;
@@ -183,6 +185,20 @@ impl Progress {
         let state = self.state();
         let update = StatusResponse {
             statuses: vec![status],
+            ..Default::default()
+        };
+        self.push(state, update);
+    }
+
+    /// A warning attached to a vertex (a lint finding, a frontend's `Warn`),
+    /// level 0 taken as 1 as BuildKit does. Warnings are never merged.
+    pub fn warn(&self, mut warning: VertexWarning) {
+        if warning.level == 0 {
+            warning.level = 1;
+        }
+        let state = self.state();
+        let update = StatusResponse {
+            warnings: vec![warning],
             ..Default::default()
         };
         self.push(state, update);

@@ -28,6 +28,7 @@ pub mod auth;
 mod client;
 pub mod hosts;
 mod http;
+pub mod web;
 
 pub use auth::{AnonymousCredentials, Credentials, CredentialsProvider, Secret, StaticCredentials};
 pub use client::{
