@@ -567,3 +567,141 @@ fn stored_blobs(root: &Path) -> usize {
     walk(root, &mut found);
     found
 }
+
+/// `platform=linux/amd64,linux/arm64`: one result per platform, the local
+/// output split by platform, an OCI index with each manifest's platform
+/// (pushed as one), and the docker exporter's refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_platform_results() {
+    let daemon = Daemon::start(DaemonOptions::default());
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("p");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("amd64.txt"), "x86\n").unwrap();
+    std::fs::write(dir.join("arm64.txt"), "arm\n").unwrap();
+    std::fs::write(
+        dir.join("Dockerfile"),
+        "FROM scratch\nARG TARGETARCH\nCOPY ${TARGETARCH}.txt /arch\nENV ARCH=$TARGETARCH\n",
+    )
+    .unwrap();
+    let platforms = vec!["platform=linux/amd64,linux/arm64".to_string()];
+    let out = tmp.path().join("out");
+    build_opts(
+        &daemon,
+        &dir,
+        vec![format!("type=local,dest={}", out.display())],
+        platforms.clone(),
+    )
+    .await
+    .unwrap();
+    let read = |p: &str| std::fs::read_to_string(out.join(p)).unwrap();
+    assert_eq!(read("linux_amd64/arch"), "x86\n");
+    assert_eq!(read("linux_arm64/arch"), "arm\n");
+
+    let archive = tmp.path().join("multi.tar");
+    let response = build_opts(
+        &daemon,
+        &dir,
+        vec![format!("type=oci,dest={}", archive.display())],
+        platforms.clone(),
+    )
+    .await
+    .unwrap();
+    assert!(!response.contains_key("containerimage.config.digest"));
+    let index = read_archive_index(&archive, &response["containerimage.digest"]);
+    let found: Vec<String> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            format!(
+                "{}/{}",
+                m["platform"]["os"].as_str().unwrap(),
+                m["platform"]["architecture"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(found, ["linux/amd64", "linux/arm64"], "{index}");
+    if Command::new("skopeo").arg("--version").output().is_ok() {
+        let config = Command::new("skopeo")
+            .args(["inspect", "--override-arch", "arm64", "--config"])
+            .arg(format!("oci-archive:{}", archive.display()))
+            .output()
+            .unwrap();
+        assert!(
+            config.status.success(),
+            "{}",
+            String::from_utf8_lossy(&config.stderr)
+        );
+        let config: serde_json::Value = serde_json::from_slice(&config.stdout).unwrap();
+        assert_eq!(config["architecture"], "arm64");
+        assert!(
+            config["config"]["Env"].to_string().contains("ARCH=arm64"),
+            "{config}"
+        );
+    }
+
+    let err = build_opts(
+        &daemon,
+        &dir,
+        vec![format!(
+            "type=docker,dest={}",
+            tmp.path().join("d.tar").display()
+        )],
+        platforms.clone(),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        err.contains("docker exporter does not currently support exporting manifest lists"),
+        "{err}"
+    );
+
+    let Some(registry) = start_registry() else {
+        return;
+    };
+    let pushed = format!("127.0.0.1:{}/multi:v1", registry.port);
+    build_opts(
+        &daemon,
+        &dir,
+        vec![format!(
+            "type=image,name={pushed},push=true,oci-mediatypes=true"
+        )],
+        platforms,
+    )
+    .await
+    .unwrap();
+    if Command::new("skopeo").arg("--version").output().is_ok() {
+        let out = Command::new("skopeo")
+            .args(["inspect", "--tls-verify=false", "--raw"])
+            .arg(format!("docker://{pushed}"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let index: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            index["mediaType"],
+            "application/vnd.oci.image.index.v1+json"
+        );
+        assert_eq!(index["manifests"].as_array().unwrap().len(), 2);
+    }
+}
+
+/// The blob `digest` of an OCI archive, as JSON.
+fn read_archive_index(archive: &Path, digest: &str) -> serde_json::Value {
+    let want = format!("blobs/sha256/{}", digest.trim_start_matches("sha256:"));
+    let mut tar = tar::Archive::new(std::fs::File::open(archive).unwrap());
+    for entry in tar.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        if entry.path().unwrap().to_string_lossy() == want {
+            let mut buf = Vec::new();
+            std::io::Read::read_to_end(&mut entry, &mut buf).unwrap();
+            return serde_json::from_slice(&buf).unwrap();
+        }
+    }
+    panic!("{want} is not in the archive");
+}

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
 use bk_cache::{CacheManager, Record, Ref};
+use bk_frontend::builtin::FrontendResult;
 use bk_frontend::{Bridge, Returned};
 use bk_llb::{Digest, Graph};
 use bk_proto::moby::buildkit::v1::types::WorkerRecord;
@@ -248,7 +249,9 @@ impl Builds {
                     cancel,
                 };
                 (
-                    Some(self.solver.solve(job).await.map_err(solve_status)?),
+                    Some(Built::Single(
+                        self.solver.solve(job).await.map_err(solve_status)?,
+                    )),
                     BTreeMap::new(),
                 )
             }
@@ -273,10 +276,9 @@ impl Builds {
             let result = result.ok_or_else(|| {
                 Status::invalid_argument("the build returned no result to export")
             })?;
-            let config = metadata.get("containerimage.config").map(Vec::as_slice);
             for (index, exporter) in exporters.iter().enumerate() {
                 let response = self
-                    .export(index, exporter, &result, config, &req.session, &progress)
+                    .export(index, exporter, &result, &metadata, &req.session, &progress)
                     .await?;
                 exporter_response.extend(response);
             }
@@ -293,7 +295,7 @@ impl Builds {
         session_group: Vec<String>,
         progress: &Progress,
         cancel: CancellationToken,
-    ) -> Result<(Option<Ref>, BTreeMap<String, Vec<u8>>), Status> {
+    ) -> Result<(Option<Built>, BTreeMap<String, Vec<u8>>), Status> {
         let (bridge, _returned) = Bridge::new(
             self.solver.clone(),
             progress.clone(),
@@ -310,8 +312,20 @@ impl Builds {
             &req.frontend_inputs,
         )
         .await?;
-        let id = bridge.register(&out.definition)?;
-        Ok((Some(bridge.evaluate(&id).await?), out.metadata))
+        let built = match out.result {
+            FrontendResult::Single(definition) => {
+                let id = bridge.register(&definition)?;
+                Built::Single(bridge.evaluate(&id).await?)
+            }
+            FrontendResult::Platforms(definitions) => {
+                let ids = definitions
+                    .iter()
+                    .map(|(p, d)| Ok((p.clone(), bridge.register(d)?)))
+                    .collect::<Result<Vec<_>, Status>>()?;
+                Built::Platforms(evaluate_all(&bridge, ids).await?)
+            }
+        };
+        Ok((Some(built), out.metadata))
     }
 
     /// A build driven by the client through the bridge: waits for its
@@ -323,7 +337,7 @@ impl Builds {
         progress: &Progress,
         cancel: CancellationToken,
         entitlements: Vec<String>,
-    ) -> Result<(Option<Ref>, BTreeMap<String, Vec<u8>>), Status> {
+    ) -> Result<(Option<Built>, BTreeMap<String, Vec<u8>>), Status> {
         let (bridge, returned) = Bridge::new(
             self.solver.clone(),
             progress.clone(),
@@ -342,7 +356,15 @@ impl Builds {
             .await
             .map_err(|_| Status::cancelled("the build ended without a result"))?;
         match returned {
-            Returned::Ref(id, metadata) => Ok((Some(bridge.evaluate(&id).await?), metadata)),
+            Returned::Ref(id, metadata) => {
+                Ok((Some(Built::Single(bridge.evaluate(&id).await?)), metadata))
+            }
+            Returned::Refs(ids, metadata) => Ok((
+                Some(Built::Platforms(
+                    evaluate_all(&bridge, ids.into_iter().collect()).await?,
+                )),
+                metadata,
+            )),
             Returned::Empty => Ok((None, BTreeMap::new())),
             // The client's error keeps its details (the Dockerfile source a
             // frontend attached, stacks): clients print them.
@@ -363,8 +385,8 @@ impl Builds {
         &self,
         index: usize,
         exporter: &Exporter,
-        result: &Ref,
-        config: Option<&[u8]>,
+        result: &Built,
+        metadata: &BTreeMap<String, Vec<u8>>,
         session_id: &str,
         progress: &Progress,
     ) -> Result<BTreeMap<String, String>, Status> {
@@ -382,18 +404,41 @@ impl Builds {
         let outcome = async {
             match exporter.r#type.as_str() {
                 kind @ ("image" | "oci" | "docker") => {
-                    self.export_image(index, kind, exporter, result, config, session_id)
+                    self.export_image(index, kind, exporter, result, metadata, session_id)
                         .await
                 }
                 other => {
+                    let split = match exporter.attrs.get("platform-split").map(String::as_str) {
+                        None | Some("") => true,
+                        Some("true" | "1") => true,
+                        Some("false" | "0") => false,
+                        Some(v) => return Err(format!("non-bool value {v:?} for platform-split")),
+                    };
+                    let tree = match result {
+                        Built::Single(r) => bk_ops::export::ExportTree::Single(r),
+                        Built::Platforms(refs) if split => bk_ops::export::ExportTree::Split(
+                            refs.iter()
+                                .map(|(p, r)| (p.replace('/', "_"), r))
+                                .collect(),
+                        ),
+                        Built::Platforms(refs) if refs.len() == 1 => {
+                            bk_ops::export::ExportTree::Single(&refs[0].1)
+                        }
+                        Built::Platforms(_) => {
+                            return Err(
+                                "platform-split=false with several platforms is not supported yet by buildkit-rs"
+                                    .to_string(),
+                            );
+                        }
+                    };
                     let session = self
                         .sessions
                         .get(session_id, SESSION_WAIT)
                         .await
                         .map_err(|e| e.to_string())?;
                     match other {
-                        "tar" => bk_ops::export::export_tar(&session, index, result).await,
-                        _ => bk_ops::export::export_local(&session, index, result).await,
+                        "tar" => bk_ops::export::export_tar(&session, index, tree).await,
+                        _ => bk_ops::export::export_local(&session, index, tree).await,
                     }
                     .map_err(|e| e.to_string())?;
                     Ok(BTreeMap::new())
@@ -420,11 +465,11 @@ impl Builds {
         index: usize,
         kind: &str,
         exporter: &Exporter,
-        result: &Ref,
-        config: Option<&[u8]>,
+        result: &Built,
+        metadata: &BTreeMap<String, Vec<u8>>,
         session_id: &str,
     ) -> Result<BTreeMap<String, String>, String> {
-        use bk_ops::image_export::{self, ImageExportOptions};
+        use bk_ops::image_export::{self, ExportInput, ImageExportOptions};
         let kind = image_kind(kind);
         let opts =
             ImageExportOptions::from_attrs(kind, &exporter.attrs).map_err(|e| e.to_string())?;
@@ -432,22 +477,46 @@ impl Builds {
         // Until the export is done its blobs are neither named nor
         // remembered everywhere; garbage collection waits.
         let _no_gc = self.images.gc_lock.read().await;
-        let platform = crate::worker::default_image_platform(&self.workers);
+        let default_platform = crate::worker::default_image_platform(&self.workers);
+        let (inputs, multi) = match result {
+            Built::Single(r) => (
+                vec![ExportInput {
+                    result: r,
+                    config: metadata.get("containerimage.config").map(Vec::as_slice),
+                    platform: default_platform,
+                }],
+                false,
+            ),
+            Built::Platforms(refs) => {
+                if kind == image_export::ImageExporter::Docker {
+                    return Err(
+                        "docker exporter does not currently support exporting manifest lists"
+                            .to_string(),
+                    );
+                }
+                let mut inputs = Vec::new();
+                for (id, r) in refs {
+                    let platform = bk_image::platforms::parse(id).map_err(|e| {
+                        format!("invalid platform {id:?} in the build's result: {e}")
+                    })?;
+                    inputs.push(ExportInput {
+                        result: r,
+                        config: metadata
+                            .get(&format!("containerimage.config/{id}"))
+                            .map(Vec::as_slice),
+                        platform,
+                    });
+                }
+                (inputs, true)
+            }
+        };
         let targets = image_export::ExportTargets {
             registry: self.images.puller.client(),
             images: &self.images.images,
         };
         let mut image = bk_ops::image::with_session_group(
             vec![session_id.to_string()],
-            image_export::export_image(
-                &self.cache,
-                &store,
-                &targets,
-                result,
-                config,
-                &platform,
-                &opts,
-            ),
+            image_export::export_image(&self.cache, &store, &targets, &inputs, multi, &opts),
         )
         .await
         .map_err(|e| e.to_string())?;
@@ -606,6 +675,36 @@ impl Builds {
             Err(e) => tracing::warn!("content garbage collection: {e}"),
         }
     }
+}
+
+/// What a build produced: one result, or one per platform id.
+pub enum Built {
+    Single(Ref),
+    Platforms(Vec<(String, Ref)>),
+}
+
+impl Built {
+    /// A name for the result in progress digests.
+    fn id(&self) -> String {
+        match self {
+            Built::Single(r) => r.id().to_string(),
+            Built::Platforms(refs) => refs
+                .iter()
+                .map(|(p, r)| format!("{p}={}", r.id()))
+                .collect::<Vec<_>>()
+                .join(","),
+        }
+    }
+}
+
+/// Evaluates each platform's bridge ref, all at once.
+async fn evaluate_all(
+    bridge: &Arc<Bridge<Ref>>,
+    ids: Vec<(String, String)>,
+) -> Result<Vec<(String, Ref)>, Status> {
+    let evaluated =
+        futures::future::try_join_all(ids.iter().map(|(_, id)| bridge.evaluate(id))).await?;
+    Ok(ids.into_iter().map(|(p, _)| p).zip(evaluated).collect())
 }
 
 fn image_kind(name: &str) -> bk_ops::image_export::ImageExporter {

@@ -22,7 +22,7 @@ use tokio::sync::{OnceCell, oneshot};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
-use crate::builtin::FrontendHost;
+use crate::builtin::{FrontendHost, FrontendResult};
 use crate::dockerfile::convert::ImageResolver;
 
 /// Gateway API capabilities this bridge implements.
@@ -36,6 +36,7 @@ pub const FRONTEND_CAPS: &[&str] = &[
     "resolveimage",
     "resolveimage.resolvemode",
     "return",
+    "returnmap",
     "solve.base",
     "statfile",
 ];
@@ -107,6 +108,12 @@ pub enum Returned {
     /// The result is this bridge ref, with the result's metadata (the
     /// image config a frontend made, `containerimage.config`).
     Ref(String, std::collections::BTreeMap<String, Vec<u8>>),
+    /// One bridge ref per platform id (`linux/arm64`), with the metadata
+    /// (`refs.platforms`, `containerimage.config/<id>`).
+    Refs(
+        std::collections::BTreeMap<String, String>,
+        std::collections::BTreeMap<String, Vec<u8>>,
+    ),
     /// A result without a filesystem.
     Empty,
     /// The build failed on the client's side.
@@ -224,7 +231,7 @@ impl<R: ResultRef> Bridge<R> {
     /// asked to evaluate.
     pub async fn solve(&self, req: gw::SolveRequest) -> Result<gw::SolveResponse, Status> {
         let mut metadata = std::collections::BTreeMap::new();
-        let definition = if !req.frontend.is_empty() {
+        let result = if !req.frontend.is_empty() {
             if req.definition.as_ref().is_some_and(|d| !d.def.is_empty()) {
                 return Err(Status::invalid_argument(
                     "both frontend and definition are set",
@@ -234,13 +241,15 @@ impl<R: ResultRef> Bridge<R> {
                 crate::builtin::run(&req.frontend, self, &req.frontend_opt, &req.frontend_inputs)
                     .await?;
             metadata = out.metadata;
-            Some(out.definition)
+            Some(out.result)
         } else {
-            req.definition.filter(|d| !d.def.is_empty())
+            req.definition
+                .filter(|d| !d.def.is_empty())
+                .map(FrontendResult::Single)
         };
-        let result_kind = match definition {
+        let result_kind = match result {
             None => None,
-            Some(definition) => {
+            Some(FrontendResult::Single(definition)) => {
                 let id = self.register(&definition)?;
                 if req.evaluate {
                     self.evaluate(&id).await?;
@@ -252,6 +261,33 @@ impl<R: ResultRef> Bridge<R> {
                     })
                 } else {
                     ResultKind::RefDeprecated(id)
+                })
+            }
+            Some(FrontendResult::Platforms(definitions)) => {
+                if !req.allow_result_return {
+                    return Err(Status::invalid_argument(
+                        "a multi-platform result needs a client that takes results",
+                    ));
+                }
+                let mut refs = std::collections::BTreeMap::new();
+                for (platform, definition) in definitions {
+                    let id = self.register(&definition)?;
+                    if req.evaluate {
+                        self.evaluate(&id).await?;
+                    }
+                    refs.insert(platform, (id, definition));
+                }
+                Some(if req.allow_result_array_ref {
+                    ResultKind::Refs(gw::RefMap {
+                        refs: refs
+                            .into_iter()
+                            .map(|(p, (id, def))| (p, gw::Ref { id, def: Some(def) }))
+                            .collect(),
+                    })
+                } else {
+                    ResultKind::RefsDeprecated(gw::RefMapDeprecated {
+                        refs: refs.into_iter().map(|(p, (id, _))| (p, id)).collect(),
+                    })
                 })
             }
         };
@@ -371,10 +407,12 @@ impl<R: ResultRef> Bridge<R> {
                 Some(ResultKind::RefDeprecated(id)) if !id.is_empty() => {
                     Returned::Ref(id, result.metadata)
                 }
-                Some(ResultKind::Refs(_)) | Some(ResultKind::RefsDeprecated(_)) => {
-                    return Err(Status::unimplemented(
-                        "multi-platform results are not supported yet by buildkit-rs",
-                    ));
+                Some(ResultKind::Refs(map)) => Returned::Refs(
+                    map.refs.into_iter().map(|(p, r)| (p, r.id)).collect(),
+                    result.metadata,
+                ),
+                Some(ResultKind::RefsDeprecated(map)) => {
+                    Returned::Refs(map.refs.into_iter().collect(), result.metadata)
                 }
                 _ => Returned::Empty,
             },

@@ -42,11 +42,39 @@ pub trait FrontendHost<R>: Send + Sync {
     fn warn(&self, warning: bk_proto::moby::buildkit::v1::VertexWarning);
 }
 
-/// A frontend's answer: the definition of the result, and metadata such as
-/// the image config (`containerimage.config`).
+/// A frontend's answer: the definition of the result — or, for a
+/// multi-platform build, one per platform id (`linux/arm64`) — and
+/// metadata such as the image config (`containerimage.config`, per platform
+/// `containerimage.config/<id>`, and `refs.platforms`).
 pub struct FrontendOutput {
-    pub definition: pb::Definition,
+    pub result: FrontendResult,
     pub metadata: BTreeMap<String, Vec<u8>>,
+}
+
+pub enum FrontendResult {
+    Single(pb::Definition),
+    Platforms(Vec<(String, pb::Definition)>),
+}
+
+/// `refs.platforms` metadata: the platforms of a result, by id, as
+/// BuildKit's exporters read them.
+pub fn platforms_metadata(platforms: &[(String, pb::Platform)]) -> Vec<u8> {
+    let list: Vec<serde_json::Value> = platforms
+        .iter()
+        .map(|(id, p)| {
+            let mut platform = serde_json::Map::new();
+            platform.insert("architecture".into(), p.architecture.clone().into());
+            platform.insert("os".into(), p.os.clone().into());
+            if !p.os_version.is_empty() {
+                platform.insert("os.version".into(), p.os_version.clone().into());
+            }
+            if !p.variant.is_empty() {
+                platform.insert("variant".into(), p.variant.clone().into());
+            }
+            serde_json::json!({"id": id, "platform": platform})
+        })
+        .collect();
+    serde_json::to_vec(&serde_json::json!({ "platforms": list })).unwrap_or_default()
 }
 
 /// Whether `name` is a frontend this daemon runs (with the attrs given).
@@ -199,17 +227,57 @@ async fn dockerfile<R: Send + Sync>(
         filename: filename.clone(),
         definition: None,
     });
-    let converted = convert::convert(&text, &opts, host.images())
-        .await
-        .map_err(|e| with_source(&e.message, &filename, &text, &e.locations))?;
-    let metadata = BTreeMap::from([(
-        "containerimage.config".to_string(),
-        converted.image_config.clone(),
-    )]);
+    if !opts.multi_platform {
+        let converted = convert::convert(&text, &opts, host.images())
+            .await
+            .map_err(|e| with_source(&e.message, &filename, &text, &e.locations))?;
+        let metadata = BTreeMap::from([(
+            "containerimage.config".to_string(),
+            converted.image_config.clone(),
+        )]);
+        return Ok(FrontendOutput {
+            result: FrontendResult::Single(converted.definition),
+            metadata,
+        });
+    }
+    // One conversion per platform, each with its own target platform.
+    let targets = if opts.platforms.is_empty() {
+        vec![host.platform()]
+    } else {
+        opts.platforms.clone()
+    };
+    let mut metadata = BTreeMap::new();
+    let mut platforms = Vec::new();
+    let mut definitions = Vec::new();
+    for target in targets {
+        let mut per = opts.clone();
+        per.target_platform = Some(target.clone());
+        let converted = convert::convert(&text, &per, host.images())
+            .await
+            .map_err(|e| with_source(&e.message, &filename, &text, &e.locations))?;
+        let id = platform_id(&target);
+        if platforms.iter().any(|(seen, _)| *seen == id) {
+            continue;
+        }
+        metadata.insert(format!("containerimage.config/{id}"), converted.image_config);
+        definitions.push((id.clone(), converted.definition));
+        platforms.push((id, target));
+    }
+    metadata.insert("refs.platforms".to_string(), platforms_metadata(&platforms));
     Ok(FrontendOutput {
-        definition: converted.definition,
+        result: FrontendResult::Platforms(definitions),
         metadata,
     })
+}
+
+/// `os/arch[/variant]`, as BuildKit names a platform's result.
+pub fn platform_id(p: &pb::Platform) -> String {
+    let mut id = format!("{}/{}", p.os, p.architecture);
+    if !p.variant.is_empty() {
+        id.push('/');
+        id.push_str(&p.variant);
+    }
+    id
 }
 
 /// An error about Dockerfile lines, with BuildKit's `errdefs.Source` detail

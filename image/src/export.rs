@@ -857,6 +857,34 @@ pub async fn write_image(
     })
 }
 
+/// Stores the index (OCI) or manifest list (Docker) over `manifests`,
+/// whose descriptors carry their platforms, and returns its descriptor: a
+/// multi-platform image's root.
+pub async fn write_index(
+    store: &ContentStore,
+    manifests: Vec<Descriptor>,
+    oci_media_types: bool,
+    annotations: BTreeMap<String, String>,
+) -> Result<Descriptor, ExportError> {
+    let media_type = if oci_media_types {
+        media_types::OCI_INDEX
+    } else {
+        media_types::DOCKER_MANIFEST_LIST
+    };
+    let index = Index {
+        schema_version: 2,
+        media_type: media_type.into(),
+        artifact_type: String::new(),
+        manifests,
+        subject: None,
+        annotations,
+    };
+    let bytes = json::to_vec(&index)?;
+    let desc = Descriptor::new(media_type, Digest::sha256_of(&bytes), bytes.len() as u64);
+    store.write_blob(bytes, Some(&desc.digest)).await?;
+    Ok(desc)
+}
+
 // ---- walking stored images -------------------------------------------------------
 
 fn read_document(store: &ContentStore, desc: &Descriptor) -> Result<Vec<u8>, ExportError> {

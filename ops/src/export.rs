@@ -29,14 +29,68 @@ fn walk(root: &Path) -> Result<Vec<Entry>, ExportError> {
     Ok(bk_fsutil::walk::walk(root, &WalkOptions::default())?)
 }
 
+/// What the `local` and `tar` exporters send: one result, or several (a
+/// multi-platform build's) each under a directory of its own
+/// (`linux_arm64/`), as BuildKit's `platform-split` does.
+pub enum ExportTree<'a> {
+    Single(&'a Ref),
+    Split(Vec<(String, &'a Ref)>),
+}
+
+impl ExportTree<'_> {
+    fn roots(&self) -> Vec<(Option<String>, std::path::PathBuf)> {
+        match self {
+            ExportTree::Single(r) => vec![(None, r.path().to_path_buf())],
+            ExportTree::Split(refs) => {
+                let mut roots: Vec<_> = refs
+                    .iter()
+                    .map(|(dir, r)| (Some(dir.clone()), r.path().to_path_buf()))
+                    .collect();
+                // Walk order: the directories sort as single path elements.
+                roots.sort_by(|a, b| a.0.cmp(&b.0));
+                roots
+            }
+        }
+    }
+}
+
+/// Every entry of the tree, paths (and hard-link targets) under their
+/// platform's directory when split (blocking).
+fn tree_entries(roots: &[(Option<String>, std::path::PathBuf)]) -> Result<Vec<Entry>, ExportError> {
+    let mut out = Vec::new();
+    for (dir, root) in roots {
+        let entries = walk(root)?;
+        let Some(dir) = dir else {
+            out.extend(entries);
+            continue;
+        };
+        out.push(Entry {
+            stat: bk_fsutil::Stat {
+                path: dir.clone(),
+                mode: mode::DIR | 0o755,
+                ..Default::default()
+            },
+            source: root.clone(),
+        });
+        for mut e in entries {
+            e.stat.path = format!("{dir}/{}", e.stat.path);
+            if mode::is_regular(e.stat.mode) && !e.stat.linkname.is_empty() {
+                e.stat.linkname = format!("{dir}/{}", e.stat.linkname);
+            }
+            out.push(e);
+        }
+    }
+    Ok(out)
+}
+
 /// `type=local`: the result tree into the client's directory.
 pub async fn export_local(
     session: &Session,
     exporter_index: usize,
-    result: &Ref,
+    tree: ExportTree<'_>,
 ) -> Result<(), ExportError> {
-    let root = result.path().to_path_buf();
-    let entries = tokio::task::spawn_blocking(move || walk(&root))
+    let roots = tree.roots();
+    let entries = tokio::task::spawn_blocking(move || tree_entries(&roots))
         .await
         .map_err(|e| ExportError::Archive(e.to_string()))??;
     filesync::send_dir(session, exporter_index, entries).await?;
@@ -47,11 +101,12 @@ pub async fn export_local(
 pub async fn export_tar(
     session: &Session,
     exporter_index: usize,
-    result: &Ref,
+    tree: ExportTree<'_>,
 ) -> Result<(), ExportError> {
-    let root = result.path().to_path_buf();
+    let roots = tree.roots();
     send_written(session, exporter_index, move |out| {
-        write_tar(&root, out).map_err(|e| e.to_string())
+        let entries = tree_entries(&roots).map_err(|e| e.to_string())?;
+        write_tar(&entries, out).map_err(|e| e.to_string())
     })
     .await
 }
@@ -119,14 +174,13 @@ impl Write for ChannelWriter {
 
 /// Writes the tree as a tar archive: entries in walk order (stable),
 /// hard links as links, owners and modes as on disk.
-fn write_tar(root: &Path, out: &mut dyn Write) -> Result<(), ExportError> {
-    let entries = walk(root)?;
+fn write_tar(entries: &[Entry], out: &mut dyn Write) -> Result<(), ExportError> {
     let mut builder = tar::Builder::new(out);
     let fail = |e: std::io::Error| match e.kind() {
         std::io::ErrorKind::BrokenPipe => ExportError::ClientDone,
         _ => ExportError::Archive(e.to_string()),
     };
-    for entry in &entries {
+    for entry in entries {
         let s = &entry.stat;
         let mut header = tar::Header::new_gnu();
         header.set_mode(mode::to_unix(s.mode) & 0o7777);

@@ -378,10 +378,20 @@ fn parse_digest(d: &str) -> Result<Digest, ImageExportError> {
 
 /// What an export wrote, for the archive and the response.
 pub struct ExportedImage {
+    /// The root: the manifest, or the index of a multi-platform image.
     pub manifest: Descriptor,
-    pub config_digest: Digest,
+    /// The config of a single-platform image.
+    pub config_digest: Option<Digest>,
     /// The names given, and the dangling name.
     pub names: Vec<Reference>,
+}
+
+/// One platform's result to export, with its image config from the
+/// frontend (`containerimage.config[/<platform>]`).
+pub struct ExportInput<'a> {
+    pub result: &'a Ref,
+    pub config: Option<&'a [u8]>,
+    pub platform: Platform,
 }
 
 /// Where an export writes besides the content store.
@@ -397,36 +407,59 @@ pub async fn export_image(
     cache: &CacheManager,
     store: &ContentStore,
     targets: &ExportTargets<'_>,
-    result: &Ref,
-    config: Option<&[u8]>,
-    platform: &Platform,
+    inputs: &[ExportInput<'_>],
+    multi_platform: bool,
     opts: &ImageExportOptions,
 ) -> Result<ExportedImage, ImageExportError> {
-    let (layers, meta, snapshot_ids) = layers(cache, store, result, opts).await?;
-    let diff_ids: Vec<Digest> = layers.iter().map(|l| l.diff_id.clone()).collect();
-    let blob = export::image_config(&ConfigInput {
-        config,
-        base_config: None,
-        default_platform: platform,
-        diff_ids: &diff_ids,
-        layer_meta: &meta,
-        epoch: opts.epoch,
-        inline_cache: None,
-    })
-    .map_err(failed)?;
-    let written = export::write_image(
-        store,
-        &blob.bytes,
-        &layers,
-        &ImageOptions {
-            oci_media_types: opts.oci_media_types,
-            annotations: opts.annotations.clone(),
-            ..Default::default()
-        },
-    )
-    .await
-    .map_err(failed)?;
-    let root = written.manifest_desc;
+    let mut manifests = Vec::new();
+    let mut config_digest = None;
+    let mut unpack = None;
+    for input in inputs {
+        let (layers, meta, snapshot_ids) = layers(cache, store, input.result, opts).await?;
+        let diff_ids: Vec<Digest> = layers.iter().map(|l| l.diff_id.clone()).collect();
+        let blob = export::image_config(&ConfigInput {
+            config: input.config,
+            base_config: None,
+            default_platform: &input.platform,
+            diff_ids: &diff_ids,
+            layer_meta: &meta,
+            epoch: opts.epoch,
+            inline_cache: None,
+        })
+        .map_err(failed)?;
+        let written = export::write_image(
+            store,
+            &blob.bytes,
+            &layers,
+            &ImageOptions {
+                oci_media_types: opts.oci_media_types,
+                annotations: opts.annotations.clone(),
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(failed)?;
+        let mut desc = written.manifest_desc;
+        if multi_platform {
+            // The index says which manifest is which platform: the
+            // config's own, as the frontend wrote it.
+            let config: bk_image::Image = serde_json::from_slice(&blob.bytes).map_err(failed)?;
+            desc.platform = Some(config.platform);
+        } else {
+            config_digest = Some(written.config_desc.digest);
+            unpack = Some((diff_ids, snapshot_ids));
+        }
+        manifests.push(desc);
+    }
+    let root = if multi_platform {
+        export::write_index(store, manifests, opts.oci_media_types, BTreeMap::new())
+            .await
+            .map_err(failed)?
+    } else {
+        manifests
+            .pop()
+            .ok_or_else(|| failed("the build has no result to export"))?
+    };
     let mut names = opts.names.clone();
     if let Some(prefix) = &opts.dangling_name_prefix
         && (names.is_empty() || !opts.dangling_empty_only)
@@ -464,7 +497,9 @@ pub async fn export_image(
         .map_err(failed)?
         .map_err(failed)?;
     }
-    if opts.unpack && !opts.rewrite_timestamp {
+    if let Some((diff_ids, snapshot_ids)) =
+        unpack.filter(|_| opts.unpack && !opts.rewrite_timestamp)
+    {
         let chain = chain_ids(&diff_ids);
         let c = cache.clone();
         tokio::task::spawn_blocking(move || name_layer_chain(&c, &chain, &snapshot_ids))
@@ -473,7 +508,7 @@ pub async fn export_image(
     }
     Ok(ExportedImage {
         manifest: root,
-        config_digest: written.config_desc.digest,
+        config_digest,
         names,
     })
 }
@@ -566,10 +601,12 @@ pub fn response(image: &ExportedImage) -> BTreeMap<String, String> {
         "containerimage.digest".to_string(),
         image.manifest.digest.to_string(),
     );
-    out.insert(
-        "containerimage.config.digest".to_string(),
-        image.config_digest.to_string(),
-    );
+    if let Some(config) = &image.config_digest {
+        out.insert(
+            "containerimage.config.digest".to_string(),
+            config.to_string(),
+        );
+    }
     if let Ok(json) = bk_image::json::to_vec(&image.manifest) {
         out.insert(
             "containerimage.descriptor".to_string(),
