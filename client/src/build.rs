@@ -10,6 +10,9 @@ use bk_session::{RunningSession, auth, content, filesync, secrets, ssh};
 use crate::solve_opts::{OutputTarget, PreparedBuild};
 use crate::{Client, ClientError};
 
+/// How long a failed build's status stream may take to finish.
+const STATUS_DRAIN: Duration = Duration::from_secs(2);
+
 /// How long closing a session waits for the daemon to end it.
 const SESSION_CLOSE_GRACE: Duration = Duration::from_secs(5);
 
@@ -120,8 +123,13 @@ impl Client {
             .collect();
         let response = self.solve(prepared.request).await;
         if response.is_err() {
-            // The solve error is the one to show.
-            progress.abort();
+            // The solve error is the one to show, after what the daemon
+            // still has to say (the failed step's end, warnings); the
+            // stream ends with the job.
+            let abort = progress.abort_handle();
+            if tokio::time::timeout(STATUS_DRAIN, progress).await.is_err() {
+                abort.abort();
+            }
         } else if let Ok(Err(e)) = progress.await {
             tracing::warn!("status stream: {e}");
         }

@@ -262,3 +262,200 @@ RUN --mount=type=cache,id=c,target=/s,source=sub cat /s/f > /from-sub
     assert!(read("both").contains('x'), "one cache seen at both paths");
     assert_eq!(read("from-sub"), "in-sub\n");
 }
+
+/// A one-file HTTP server on loopback: answers GETs for `/files/app.txt`
+/// with an ETag and Last-Modified (`304` to a matching `If-None-Match`),
+/// and records each request's first line and conditional header.
+fn serve_file(body: &'static [u8]) -> (u16, Arc<Mutex<Vec<String>>>) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut first = String::new();
+            let _ = reader.read_line(&mut first);
+            let mut conditional = String::new();
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if line.to_ascii_lowercase().starts_with("if-none-match:") {
+                    conditional = line.trim().to_string();
+                }
+            }
+            log.lock()
+                .unwrap()
+                .push(format!("{} {conditional}", first.trim()));
+            let head = if !first.contains("/files/app.txt") {
+                "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    .to_string()
+            } else if conditional.contains("\"v1\"") {
+                "HTTP/1.1 304 Not Modified\r\nETag: \"v1\"\r\nConnection: close\r\n\r\n".to_string()
+            } else {
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nETag: \"v1\"\r\nLast-Modified: Sun, 06 Nov 1994 08:49:37 GMT\r\nConnection: close\r\n\r\n",
+                    body.len()
+                )
+            };
+            let _ = stream.write_all(head.as_bytes());
+            if head.starts_with("HTTP/1.1 200") {
+                let _ = stream.write_all(body);
+            }
+        }
+    });
+    (port, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_downloads_urls_with_checksums_and_etags() {
+    use std::os::unix::fs::MetadataExt;
+    const BODY: &[u8] = b"downloaded content\n";
+    let (port, seen) = serve_file(BODY);
+    let daemon = Daemon::start(DaemonOptions::default());
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("p");
+    let url = format!("http://127.0.0.1:{port}/files/app.txt");
+    let sum = {
+        use sha2::Digest as _;
+        let hex: String = sha2::Sha256::digest(BODY)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        format!("sha256:{hex}")
+    };
+    project(
+        &dir,
+        &format!(
+            "FROM scratch\nADD {url} /plain/\nADD --checksum={sum} {url} /checked.txt\nADD --chmod=644 {url} /dl/\n"
+        ),
+    );
+    let out = tmp.path().join("out");
+    let (result, _) = build(&daemon, &dir, Some(&out), &[], |_| {}).await;
+    result.unwrap();
+    let plain = out.join("plain/app.txt");
+    assert_eq!(std::fs::read(&plain).unwrap(), BODY);
+    let meta = std::fs::metadata(&plain).unwrap();
+    assert_eq!(meta.mode() & 0o7777, 0o600, "BuildKit's mode for downloads");
+    assert_eq!(
+        meta.mtime(),
+        784_111_777,
+        "Last-Modified is the file's time"
+    );
+    assert_eq!(std::fs::read(out.join("checked.txt")).unwrap(), BODY);
+    let chmodded = std::fs::metadata(out.join("dl/app.txt")).unwrap();
+    assert_eq!(chmodded.mode() & 0o7777, 0o644);
+
+    // Again: the server is asked with the ETag, answers 304, nothing runs.
+    let before = seen.lock().unwrap().len();
+    let (result, recorded) =
+        build(&daemon, &dir, Some(&tmp.path().join("out2")), &[], |_| {}).await;
+    result.unwrap();
+    let asked: Vec<String> = seen.lock().unwrap()[before..].to_vec();
+    assert!(
+        !asked.is_empty() && asked.iter().all(|r| r.contains("\"v1\"")),
+        "{asked:?}"
+    );
+    let names = recorded.names();
+    assert!(
+        names
+            .iter()
+            .filter(|(n, _)| n.contains("ADD"))
+            .all(|(_, cached)| *cached),
+        "{names:?}"
+    );
+
+    // A wrong checksum, a missing file, COPY of a URL: clear errors.
+    let wrong = format!("sha256:{}", "0".repeat(64));
+    project(
+        &dir,
+        &format!("FROM scratch\nADD --checksum={wrong} {url} /x\n"),
+    );
+    let (result, _) = build(&daemon, &dir, None, &[], |_| {}).await;
+    let err = result.unwrap_err();
+    assert!(
+        err.contains(&format!("digest mismatch {sum}: {wrong}")),
+        "{err}"
+    );
+    project(
+        &dir,
+        &format!("FROM scratch\nADD http://127.0.0.1:{port}/files/nothing /x\n"),
+    );
+    let (result, _) = build(&daemon, &dir, None, &[], |_| {}).await;
+    let err = result.unwrap_err();
+    assert!(err.contains("invalid response status 404"), "{err}");
+    project(&dir, &format!("FROM scratch\nCOPY {url} /x\n"));
+    let (result, _) = build(&daemon, &dir, None, &[], |_| {}).await;
+    let err = result.unwrap_err();
+    assert!(err.contains("source can't be a URL for COPY"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lint_warnings_reach_the_progress_stream() {
+    let daemon = Daemon::start(DaemonOptions::default());
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("p");
+    project(
+        &dir,
+        "FROM scratch as Base\nMAINTAINER someone\nCOPY busybox /bb\n",
+    );
+    let (result, recorded) = build(&daemon, &dir, None, &[], |_| {}).await;
+    result.unwrap();
+    let updates = recorded.0.lock().unwrap().clone();
+    let load = updates
+        .iter()
+        .flat_map(|u| &u.vertexes)
+        .find(|v| v.name == "[internal] load build definition from Dockerfile")
+        .map(|v| v.digest.clone())
+        .expect("the load vertex");
+    let warnings: Vec<_> = updates.iter().flat_map(|u| u.warnings.clone()).collect();
+    let shorts: Vec<String> = warnings
+        .iter()
+        .map(|w| String::from_utf8_lossy(&w.short).into_owned())
+        .collect();
+    assert_eq!(
+        shorts,
+        [
+            "StageNameCasing: Stage name 'Base' should be lowercase (line 1)",
+            "FromAsCasing: 'as' and 'FROM' keywords' casing do not match (line 1)",
+            "MaintainerDeprecated: Maintainer instruction is deprecated in favor of using label (line 2)",
+        ]
+    );
+    for w in &warnings {
+        assert_eq!(w.vertex, load);
+        assert_eq!(w.level, 1);
+        assert!(
+            w.url
+                .starts_with("https://docs.docker.com/go/dockerfile/rule/")
+        );
+        let info = w.info.as_ref().unwrap();
+        assert_eq!(info.filename, "Dockerfile");
+        assert_eq!(info.language, "Dockerfile");
+        assert!(info.definition.is_some());
+        assert_eq!(w.ranges.len(), 1);
+    }
+
+    // error=true: the build fails, naming the rules.
+    project(
+        &dir,
+        "# check=error=true\nFROM scratch as base\nCOPY busybox /bb\n",
+    );
+    let (result, recorded) = build(&daemon, &dir, None, &[], |_| {}).await;
+    let err = result.unwrap_err();
+    assert!(
+        err.contains("lint violation found for rules: FromAsCasing"),
+        "{err}"
+    );
+    assert!(
+        recorded
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|u| !u.warnings.is_empty())
+    );
+}

@@ -255,6 +255,10 @@ impl Builds {
                     BTreeMap::new(),
                 )
             }
+            // An empty definition (scratch) is an empty result.
+            None if req.frontend.is_empty() && req.definition.is_some() => {
+                (Some(Built::Empty), BTreeMap::new())
+            }
             None if !req.frontend.is_empty() => {
                 self.frontend(&req, session_group, &progress, cancel)
                     .await?
@@ -273,9 +277,7 @@ impl Builds {
 
         let mut exporter_response = BTreeMap::new();
         if !exporters.is_empty() {
-            let result = result.ok_or_else(|| {
-                Status::invalid_argument("the build returned no result to export")
-            })?;
+            let result = result.unwrap_or(Built::Empty);
             for (index, exporter) in exporters.iter().enumerate() {
                 let response = self
                     .export(index, exporter, &result, &metadata, &req.session, &progress)
@@ -313,6 +315,7 @@ impl Builds {
         )
         .await?;
         let built = match out.result {
+            FrontendResult::Single(definition) if definition.def.is_empty() => Built::Empty,
             FrontendResult::Single(definition) => {
                 let id = bridge.register(&definition)?;
                 Built::Single(bridge.evaluate(&id).await?)
@@ -365,7 +368,7 @@ impl Builds {
                 )),
                 metadata,
             )),
-            Returned::Empty => Ok((None, BTreeMap::new())),
+            Returned::Empty(metadata) => Ok((Some(Built::Empty), metadata)),
             // The client's error keeps its details (the Dockerfile source a
             // frontend attached, stacks): clients print them.
             Returned::Error(error) => {
@@ -415,6 +418,7 @@ impl Builds {
                         Some(v) => return Err(format!("non-bool value {v:?} for platform-split")),
                     };
                     let tree = match result {
+                        Built::Empty => bk_ops::export::ExportTree::Empty,
                         Built::Single(r) => bk_ops::export::ExportTree::Single(r),
                         Built::Platforms(refs) if split => bk_ops::export::ExportTree::Split(
                             refs.iter()
@@ -479,9 +483,17 @@ impl Builds {
         let _no_gc = self.images.gc_lock.read().await;
         let default_platform = crate::worker::default_image_platform(&self.workers);
         let (inputs, multi) = match result {
+            Built::Empty => (
+                vec![ExportInput {
+                    result: None,
+                    config: metadata.get("containerimage.config").map(Vec::as_slice),
+                    platform: default_platform,
+                }],
+                false,
+            ),
             Built::Single(r) => (
                 vec![ExportInput {
-                    result: r,
+                    result: Some(r),
                     config: metadata.get("containerimage.config").map(Vec::as_slice),
                     platform: default_platform,
                 }],
@@ -500,7 +512,7 @@ impl Builds {
                         format!("invalid platform {id:?} in the build's result: {e}")
                     })?;
                     inputs.push(ExportInput {
-                        result: r,
+                        result: Some(r),
                         config: metadata
                             .get(&format!("containerimage.config/{id}"))
                             .map(Vec::as_slice),
@@ -679,6 +691,8 @@ impl Builds {
 
 /// What a build produced: one result, or one per platform id.
 pub enum Built {
+    /// An empty filesystem (a `FROM scratch` result).
+    Empty,
     Single(Ref),
     Platforms(Vec<(String, Ref)>),
 }
@@ -687,6 +701,7 @@ impl Built {
     /// A name for the result in progress digests.
     fn id(&self) -> String {
         match self {
+            Built::Empty => "scratch".to_string(),
             Built::Single(r) => r.id().to_string(),
             Built::Platforms(refs) => refs
                 .iter()

@@ -12,9 +12,9 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use bk_llb::Graph;
 use bk_proto::google::rpc;
+use bk_proto::moby::buildkit::v1::VertexWarning;
 use bk_proto::moby::buildkit::v1::apicaps::ApiCap;
 use bk_proto::moby::buildkit::v1::frontend::{self as gw, result::Result as ResultKind};
-use bk_proto::moby::buildkit::v1::VertexWarning;
 use bk_proto::moby::buildkit::v1::types::WorkerRecord;
 use bk_proto::pb;
 use bk_solver::{Job, Progress, ResultRef, SolveError, Solver};
@@ -114,8 +114,9 @@ pub enum Returned {
         std::collections::BTreeMap<String, String>,
         std::collections::BTreeMap<String, Vec<u8>>,
     ),
-    /// A result without a filesystem.
-    Empty,
+    /// A result without a filesystem (`FROM scratch` and nothing more),
+    /// with its metadata.
+    Empty(std::collections::BTreeMap<String, Vec<u8>>),
     /// The build failed on the client's side.
     Error(rpc::Status),
 }
@@ -249,6 +250,17 @@ impl<R: ResultRef> Bridge<R> {
         };
         let result_kind = match result {
             None => None,
+            // An empty filesystem: a ref without an id, as Go answers.
+            Some(FrontendResult::Single(definition)) if definition.def.is_empty() => {
+                Some(if req.allow_result_array_ref {
+                    ResultKind::Ref(gw::Ref {
+                        id: String::new(),
+                        def: Some(definition),
+                    })
+                } else {
+                    ResultKind::RefDeprecated(String::new())
+                })
+            }
             Some(FrontendResult::Single(definition)) => {
                 let id = self.register(&definition)?;
                 if req.evaluate {
@@ -414,9 +426,9 @@ impl<R: ResultRef> Bridge<R> {
                 Some(ResultKind::RefsDeprecated(map)) => {
                     Returned::Refs(map.refs.into_iter().collect(), result.metadata)
                 }
-                _ => Returned::Empty,
+                _ => Returned::Empty(result.metadata),
             },
-            (None, None) => Returned::Empty,
+            (None, None) => Returned::Empty(Default::default()),
         };
         let sender = self
             .returned

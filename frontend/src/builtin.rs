@@ -191,7 +191,7 @@ async fn dockerfile<R: Send + Sync>(
             &format!("[internal] load build definition from {filename}"),
         ),
     };
-    let files = host.solve(definition).await?;
+    let files = host.solve(definition.clone()).await?;
     let text = host
         .read_file(&files, &filename, MAX_FILE)
         .await?
@@ -227,10 +227,25 @@ async fn dockerfile<R: Send + Sync>(
         filename: filename.clone(),
         definition: None,
     });
+    // Lint findings go to the progress stream on the vertex that loaded
+    // the Dockerfile, once (for the first platform), even when the
+    // conversion then fails.
+    let lint = LintTarget {
+        vertex: head_digest(&definition),
+        info: pb::SourceInfo {
+            filename: filename.clone(),
+            data: text.clone(),
+            definition: Some(definition),
+            language: "Dockerfile".to_string(),
+        },
+    };
+    let sink = crate::dockerfile::LintSink::default();
+    opts.lint = Some(sink.clone());
     if !opts.multi_platform {
-        let converted = convert::convert(&text, &opts, host.images())
-            .await
-            .map_err(|e| with_source(&e.message, &filename, &text, &e.locations))?;
+        let converted = convert::convert(&text, &opts, host.images()).await;
+        lint.send(host, &sink);
+        let converted =
+            converted.map_err(|e| with_source(&e.message, &filename, &text, &e.locations))?;
         let metadata = BTreeMap::from([(
             "containerimage.config".to_string(),
             converted.image_config.clone(),
@@ -249,17 +264,26 @@ async fn dockerfile<R: Send + Sync>(
     let mut metadata = BTreeMap::new();
     let mut platforms = Vec::new();
     let mut definitions = Vec::new();
-    for target in targets {
+    for (i, target) in targets.into_iter().enumerate() {
         let mut per = opts.clone();
         per.target_platform = Some(target.clone());
-        let converted = convert::convert(&text, &per, host.images())
-            .await
-            .map_err(|e| with_source(&e.message, &filename, &text, &e.locations))?;
+        if i > 0 {
+            per.lint = None;
+        }
+        let converted = convert::convert(&text, &per, host.images()).await;
+        if i == 0 {
+            lint.send(host, &sink);
+        }
+        let converted =
+            converted.map_err(|e| with_source(&e.message, &filename, &text, &e.locations))?;
         let id = platform_id(&target);
         if platforms.iter().any(|(seen, _)| *seen == id) {
             continue;
         }
-        metadata.insert(format!("containerimage.config/{id}"), converted.image_config);
+        metadata.insert(
+            format!("containerimage.config/{id}"),
+            converted.image_config,
+        );
         definitions.push((id.clone(), converted.definition));
         platforms.push((id, target));
     }
@@ -268,6 +292,60 @@ async fn dockerfile<R: Send + Sync>(
         result: FrontendResult::Platforms(definitions),
         metadata,
     })
+}
+
+/// Where lint warnings are reported: the vertex that loaded the
+/// Dockerfile, with the file for clients to show excerpts from.
+struct LintTarget {
+    vertex: String,
+    info: pb::SourceInfo,
+}
+
+impl LintTarget {
+    fn send<R>(&self, host: &dyn FrontendHost<R>, sink: &crate::dockerfile::LintSink) {
+        for w in sink.take() {
+            let ranges = w
+                .location
+                .iter()
+                .map(|r| pb::Range {
+                    start: Some(pb::Position {
+                        line: r.start as i32,
+                        character: 0,
+                    }),
+                    end: Some(pb::Position {
+                        line: r.end as i32,
+                        character: 0,
+                    }),
+                })
+                .collect();
+            host.warn(bk_proto::moby::buildkit::v1::VertexWarning {
+                vertex: self.vertex.clone(),
+                level: 1,
+                short: w.short().into_bytes(),
+                detail: vec![w.description.as_bytes().to_vec()],
+                url: w.url.to_string(),
+                info: Some(self.info.clone()),
+                ranges,
+            });
+        }
+    }
+}
+
+/// The digest of the op a definition's result comes from (Go's
+/// `Definition.Head`): the input of its closing op.
+fn head_digest(def: &pb::Definition) -> String {
+    use prost::Message;
+    let Some(last) = def.def.last() else {
+        return String::new();
+    };
+    match pb::Op::decode(last.as_slice()) {
+        Ok(op) if op.op.is_none() => op
+            .inputs
+            .first()
+            .map(|i| i.digest.clone())
+            .unwrap_or_default(),
+        _ => bk_llb::Digest::of(last).to_string(),
+    }
 }
 
 /// `os/arch[/variant]`, as BuildKit names a platform's result.

@@ -730,12 +730,35 @@ EOF
         ]
     );
 
-    // URLs and git are not there yet; COPY refuses them as BuildKit does.
+    // ADD of a URL: an http source named after the URL's file, copied
+    // without unpacking; the checksum goes to the source.
+    let sum = format!("sha256:{}", "b".repeat(64));
+    let c = convert(
+        format!("FROM scratch\nADD --checksum={sum} https://example.com/x/a.tgz?v=1 /d/\n")
+            .as_bytes(),
+        &options(),
+        &FakeRegistry::default(),
+    )
+    .await
+    .unwrap();
+    let d = decode(&c);
+    let name = "[1/1] ADD --checksum=".to_string() + &sum + " https://example.com/x/a.tgz?v=1 /d/";
+    let copy = d.file(&name);
+    let Some(Action::Copy(cp)) = &copy[0].action else {
+        panic!()
+    };
+    assert_eq!((cp.src.as_str(), cp.dest.as_str()), ("/a.tgz", "/d/"));
+    assert!(!cp.attempt_unpack_docker_compatibility);
+    let (input, _) = &d.vertex(&name).inputs[0];
+    let Some(OpKind::Source(src)) = &d.graph.vertices[input].op.op else {
+        panic!("the copy's input is not a source")
+    };
+    assert_eq!(src.identifier, "https://example.com/x/a.tgz?v=1");
+    assert_eq!(src.attrs["http.filename"], "a.tgz");
+    assert_eq!(src.attrs["http.checksum"], sum);
+
+    // git is not there yet; COPY refuses URLs as BuildKit does.
     for (df, msg) in [
-        (
-            "FROM scratch\nADD https://example.com/a.tgz /\n",
-            "not supported yet",
-        ),
         (
             "FROM scratch\nADD git@github.com:moby/buildkit.git /\n",
             "not supported yet",

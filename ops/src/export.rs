@@ -33,6 +33,8 @@ fn walk(root: &Path) -> Result<Vec<Entry>, ExportError> {
 /// multi-platform build's) each under a directory of its own
 /// (`linux_arm64/`), as BuildKit's `platform-split` does.
 pub enum ExportTree<'a> {
+    /// An empty filesystem.
+    Empty,
     Single(&'a Ref),
     Split(Vec<(String, &'a Ref)>),
 }
@@ -40,6 +42,7 @@ pub enum ExportTree<'a> {
 impl ExportTree<'_> {
     fn roots(&self) -> Vec<(Option<String>, std::path::PathBuf)> {
         match self {
+            ExportTree::Empty => Vec::new(),
             ExportTree::Single(r) => vec![(None, r.path().to_path_buf())],
             ExportTree::Split(refs) => {
                 let mut roots: Vec<_> = refs

@@ -389,7 +389,8 @@ pub struct ExportedImage {
 /// One platform's result to export, with its image config from the
 /// frontend (`containerimage.config[/<platform>]`).
 pub struct ExportInput<'a> {
-    pub result: &'a Ref,
+    /// None: an empty filesystem, an image without layers.
+    pub result: Option<&'a Ref>,
     pub config: Option<&'a [u8]>,
     pub platform: Platform,
 }
@@ -415,7 +416,10 @@ pub async fn export_image(
     let mut config_digest = None;
     let mut unpack = None;
     for input in inputs {
-        let (layers, meta, snapshot_ids) = layers(cache, store, input.result, opts).await?;
+        let (layers, meta, snapshot_ids) = match input.result {
+            Some(result) => layers(cache, store, result, opts).await?,
+            None => Default::default(),
+        };
         let diff_ids: Vec<Digest> = layers.iter().map(|l| l.diff_id.clone()).collect();
         let blob = export::image_config(&ConfigInput {
             config: input.config,

@@ -13,11 +13,14 @@
 //! and error texts are BuildKit's (v0.24; EXPOSE history as newer BuildKit
 //! writes it, since v0.24 prints a pointer there).
 //!
-//! Not supported yet, with a clear error: ADD from URLs and git, named
+//! Not supported yet, with a clear error: ADD from git (URLs are http
+//! sources), named
 //! contexts of type `git`, `http(s)` and `oci-layout`, RUN `--device` (the
-//! daemon has no CDI), Windows targets. Lint rules are not run (only the
-//! parser's warnings are returned), and neither are subrequests (outline,
-//! targets) nor SBOM scan targets.
+//! daemon has no CDI), Windows targets. Subrequests (outline, targets,
+//! lint) and SBOM scan targets are not run.
+//!
+//! With a [`LintSink`] in [`ConvertOptions::lint`], BuildKit's lint rules
+//! run where BuildKit runs them ([`super::lint`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
@@ -38,7 +41,10 @@ use super::image::{
     DEFAULT_PATH_ENV, HISTORY_COMMENT, empty_image, healthcheck_history, plain_list, quote_list,
     rfc3339, to_json,
 };
-use super::instructions::{Command, Instruction, SourcesAndDest, instructions, parse_instruction};
+use super::instructions::{
+    Command, Instruction, SourcesAndDest, instructions_linted, parse_instruction,
+};
+use super::lint::{self, IgnoreMatcher, LintSink, Linter};
 use super::mounts::{Mount, MountType, NetworkMode, SecurityMode, ShareMode};
 use super::parser::{LineRange, Warning, chomp_heredoc_content, parse, parse_heredoc};
 use super::shell::{Env, Lexer, NoEnv};
@@ -150,6 +156,10 @@ pub struct ConvertOptions {
     pub llb_caps: Option<BTreeSet<String>>,
     /// Source map information.
     pub source_map: Option<SourceMap>,
+    /// Where lint warnings go; `None` runs no lint rules at all (and
+    /// `error=true` then fails nothing), as BuildKit does for every platform
+    /// but the first.
+    pub lint: Option<LintSink>,
 }
 
 impl ConvertOptions {
@@ -181,6 +191,7 @@ impl ConvertOptions {
             cache_id_namespace: String::new(),
             llb_caps: None,
             source_map: None,
+            lint: None,
         }
     }
 
@@ -296,6 +307,11 @@ impl ConvertOptions {
             Some(v) if !v.is_empty() => v.clone(),
             _ => get("hostname").to_owned(),
         };
+        // Checked here, before any Dockerfile is read, as dockerui does;
+        // convert() reads it again from the build args.
+        if let Some(v) = attrs.get(&format!("build-arg:{}", lint::CHECK_BUILD_ARG)) {
+            lint::check_build_arg(v)?;
+        }
         Ok(o)
     }
 }
@@ -412,11 +428,23 @@ pub async fn convert(
     opts: &ConvertOptions,
     resolver: &dyn ImageResolver,
 ) -> Result<Converted, ConvertError> {
+    if dockerfile.is_empty() {
+        return Err(ConvertError::new("the Dockerfile cannot be empty"));
+    }
+    // A bad check setting fails the build even when nothing is linted.
+    let check = lint::check_options(dockerfile, &opts.build_args)?;
+    let mut linter = Linter::new(check, opts.lint.clone());
     let parsed = parse(dockerfile).map_err(|e| ConvertError::new(e.message()).at(e.location()))?;
-    let df = instructions(&parsed).map_err(|e| ConvertError::new(e.message()).at(e.location()))?;
+    for w in &parsed.warnings {
+        lint::empty_continuation(&mut linter, w.line);
+    }
+    let df = instructions_linted(&parsed, &mut linter)
+        .map_err(|e| ConvertError::new(e.message()).at(e.location()))?;
     if df.stages.is_empty() {
         return Err(ConvertError::new("dockerfile contains no stages to build"));
     }
+    lint::stage_names(&mut linter, &df.stages);
+    lint::command_casing(&mut linter, &df.stages);
     let lex = Lexer::new(parsed.escape);
     let (build_platform, target_platform, implicit) = {
         let bp = platforms::normalize(&image_platform(&opts.build_platform));
@@ -433,33 +461,24 @@ pub async fn convert(
         .clone()
         .or_else(|| df.stages.last().and_then(|s| s.name.clone()))
         .unwrap_or_default();
-    let mut global_args = default_args(
+    let predefined = default_args(
         &build_platform,
         &target_platform,
         &opts.build_args,
         &target_name,
     );
-    // Meta args.
+    // What FROM may use: the predefined args and every meta ARG, valued or
+    // not (an undeclared build arg does not count).
+    let mut from_args: BTreeSet<String> = predefined.iter().map(|(k, _)| k.clone()).collect();
     for cmd in &df.meta_args {
-        let Instruction::Arg(pairs) = &cmd.instruction else {
-            continue;
-        };
-        for kp in pairs {
-            let value = match opts.build_args.get(&kp.key) {
-                Some(v) => Some(v.clone()),
-                None => match &kp.value {
-                    Some(v) => Some(
-                        lex.process_word(v, &global_args)
-                            .map_err(|e| ConvertError::new(e.message()).at(Some(cmd.location)))?,
-                    ),
-                    None => None,
-                },
-            };
-            if let Some(v) = value {
-                env_set(&mut global_args, &kp.key, &v);
-            }
+        if let Instruction::Arg(pairs) = &cmd.instruction {
+            from_args.extend(pairs.iter().map(|p| p.key.clone()));
         }
     }
+    if linter.enabled(&lint::INVALID_DEFAULT_ARG_IN_FROM) {
+        invalid_default_args(&mut linter, &lex, &predefined, &df);
+    }
+    let global_args = meta_args(&lex, predefined, &df.meta_args, Some(&opts.build_args))?;
     let epoch = match opts.build_args.get("SOURCE_DATE_EPOCH") {
         Some(v) if !v.is_empty() => Some(super::golang::parse_int(v, 64).map_err(|e| {
             format!(
@@ -474,10 +493,18 @@ pub async fn convert(
         None => None,
     };
     let (context_out, context_cell) = Out::later();
+    let ignore_matcher = if linter.enabled(&lint::COPY_IGNORED_FILE) {
+        IgnoreMatcher::new(&opts.context_excludes)
+    } else {
+        None
+    };
     let mut c = Converter {
         opts,
         resolver,
         lex,
+        lint: linter,
+        from_args,
+        ignore_matcher,
         global_args,
         states: Vec::new(),
         by_name: HashMap::new(),
@@ -531,6 +558,9 @@ pub async fn convert(
         let labels = &mut c.states[target].image.config.labels;
         labels.extend(opts.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
     }
+    if let Some(message) = c.lint.error() {
+        return Err(ConvertError::new(message));
+    }
     // The build context, now that the paths it serves are known.
     let context = c.main_context(&ctx_paths);
     let _ = context_cell.set(context);
@@ -576,6 +606,64 @@ pub async fn convert(
         base_image_config,
         warnings: parsed.warnings.clone(),
     })
+}
+
+/// BuildKit's `buildMetaArgs`: the meta ARGs on top of `args`, each from
+/// `build_args` when given there, else its default expanded.
+fn meta_args(
+    lex: &Lexer,
+    mut args: Vec<(String, String)>,
+    meta: &[Command],
+    build_args: Option<&BTreeMap<String, String>>,
+) -> Result<Vec<(String, String)>, ConvertError> {
+    for cmd in meta {
+        let Instruction::Arg(pairs) = &cmd.instruction else {
+            continue;
+        };
+        for kp in pairs {
+            let value = match build_args.and_then(|b| b.get(&kp.key)) {
+                Some(v) => Some(v.clone()),
+                None => match &kp.value {
+                    Some(v) => Some(
+                        lex.process_word(v, &args)
+                            .map_err(|e| ConvertError::new(e.message()).at(Some(cmd.location)))?,
+                    ),
+                    None => None,
+                },
+            };
+            if let Some(v) = value {
+                env_set(&mut args, &kp.key, &v);
+            }
+        }
+    }
+    Ok(args)
+}
+
+/// InvalidDefaultArgInFrom: base names that are no image reference with the
+/// meta ARGs' defaults alone. Like BuildKit, gives up quietly at the first
+/// expansion error.
+fn invalid_default_args(
+    lint: &mut Linter,
+    lex: &Lexer,
+    predefined: &[(String, String)],
+    df: &super::instructions::Dockerfile,
+) {
+    let Ok(args) = meta_args(lex, predefined.to_vec(), &df.meta_args, None) else {
+        return;
+    };
+    for st in &df.stages {
+        let Ok(base) = lex.process_word(&st.base_name, &args) else {
+            return;
+        };
+        if Reference::parse_normalized_named(&base).is_err() {
+            lint.run(&lint::INVALID_DEFAULT_ARG_IN_FROM, st.location, || {
+                format!(
+                    "Default value for ARG {} results in empty or invalid base image name",
+                    st.base_name
+                )
+            });
+        }
+    }
 }
 
 /// Go's `llb.State` values the converter uses.
@@ -675,6 +763,11 @@ struct StageState {
     cmd_is_onbuild: bool,
     workdir_set: bool,
     cmd_set: bool,
+    /// Where this stage's last CMD, ENTRYPOINT and HEALTHCHECK are, for
+    /// MultipleInstructionsDisallowed (not inherited from base stages).
+    cmd_loc: Option<LineRange>,
+    entrypoint_loc: Option<LineRange>,
+    healthcheck_loc: Option<LineRange>,
 }
 
 impl StageState {
@@ -708,6 +801,9 @@ impl StageState {
             cmd_is_onbuild: false,
             workdir_set: false,
             cmd_set: false,
+            cmd_loc: None,
+            entrypoint_loc: None,
+            healthcheck_loc: None,
         }
     }
 }
@@ -716,6 +812,11 @@ struct Converter<'a> {
     opts: &'a ConvertOptions,
     resolver: &'a dyn ImageResolver,
     lex: Lexer,
+    lint: Linter,
+    /// Variables FROM may use without UndefinedArgInFrom.
+    from_args: BTreeSet<String>,
+    /// The context's `.dockerignore`, when CopyIgnoredFile runs.
+    ignore_matcher: Option<IgnoreMatcher>,
     global_args: Vec<(String, String)>,
     states: Vec<StageState>,
     by_name: HashMap<String, usize>,
@@ -727,6 +828,32 @@ struct Converter<'a> {
     proxy_env: Option<pb::ProxyEnv>,
     pending_locals: Vec<PendingLocal>,
     link_groups: usize,
+}
+
+/// A stage's variables as one instruction sees them.
+struct StageVars<'a> {
+    env: &'a Vec<(String, String)>,
+    /// The stage's ARGs, valued or not: UndefinedVar leaves them alone.
+    build_args: &'a [(String, Option<String>)],
+}
+
+impl StageVars<'_> {
+    /// Expands `word` with `lex`, reporting UndefinedVar for the variables
+    /// it lacks (also when the expansion then fails, as BuildKit does).
+    fn expand(
+        &self,
+        lint: &mut Linter,
+        lex: &Lexer,
+        word: &str,
+        at: LineRange,
+    ) -> Result<String, super::shell::ExpandError> {
+        let (expansion, err) = lex.process_word_tracked(word, self.env);
+        lint::undefined_vars(lint, &expansion.unmatched, self.build_args, self.env, at);
+        match err {
+            Some(e) => Err(e),
+            None => Ok(expansion.result),
+        }
+    }
 }
 
 fn expand_err(e: super::shell::ExpandError) -> ConvertError {
@@ -804,10 +931,19 @@ impl Converter<'_> {
     fn build_states(&mut self, stages: &[super::instructions::Stage]) -> Result<(), ConvertError> {
         for (i, st) in stages.iter().enumerate() {
             let loc = Some(st.location);
-            let base = self
+            let (name_match, err) = self
                 .lex
-                .process_word(&st.base_name, &self.global_args)
-                .map_err(|e| expand_err(e).at(loc))?;
+                .process_word_tracked(&st.base_name, &self.global_args);
+            lint::undefined_args_in_from(
+                &mut self.lint,
+                &self.from_args,
+                &name_match.unmatched,
+                st.location,
+            );
+            if let Some(e) = err {
+                return Err(expand_err(e).at(loc));
+            }
+            let base = name_match.result;
             if base.is_empty() {
                 return Err(ConvertError::new(format!(
                     "base name ({}) should not be blank",
@@ -821,28 +957,65 @@ impl Converter<'_> {
             ds.stage_commands = st.commands.clone();
             ds.stage_name = st.name.clone().unwrap_or_default();
             if !st.platform.is_empty() {
-                let v = self
+                let (plat, err) = self
                     .lex
-                    .process_word(&st.platform, &self.global_args)
-                    .map_err(|e| {
-                        ConvertError::new(format!(
-                            "failed to process arguments for platform {}: {}",
-                            st.platform,
-                            e.message()
-                        ))
-                        .at(loc)
-                    })?;
-                if v.is_empty() {
+                    .process_word_tracked(&st.platform, &self.global_args);
+                lint::undefined_args_in_from(
+                    &mut self.lint,
+                    &self.from_args,
+                    &plat.unmatched,
+                    st.location,
+                );
+                lint::redundant_target_platform(
+                    &mut self.lint,
+                    &st.platform,
+                    &plat,
+                    Env::get(&self.global_args, "TARGETPLATFORM"),
+                    st.location,
+                );
+                lint::const_platform(
+                    &mut self.lint,
+                    st.name.as_deref().unwrap_or_default(),
+                    &plat,
+                    st.location,
+                );
+                if let Some(e) = err {
                     return Err(ConvertError::new(format!(
-                        "empty platform value from expression {}",
-                        st.platform
+                        "failed to process arguments for platform {}: {}",
+                        st.platform,
+                        e.message()
                     ))
                     .at(loc));
                 }
+                // BuildKit suggests a close name for the first unknown
+                // variable that has one.
+                let hint = plat.unmatched.iter().find_map(|k| {
+                    super::golang::suggest(
+                        k,
+                        self.global_args.iter().map(|(k, _)| k.as_str()),
+                        true,
+                    )
+                });
+                let with_hint = |msg: String| match &hint {
+                    Some(h) => format!("{msg} (did you mean {h}?)"),
+                    None => msg,
+                };
+                let v = plat.result;
+                if v.is_empty() {
+                    return Err(ConvertError::new(with_hint(format!(
+                        "empty platform value from expression {}",
+                        st.platform
+                    )))
+                    .at(loc));
+                }
                 let p = platforms::parse(&v).map_err(|e| {
-                    ConvertError::new(format!("failed to parse platform {}: {e}", st.platform))
-                        .at(loc)
-                        .at(loc)
+                    ConvertError::new(format!(
+                        "failed to parse platform {}: {}",
+                        st.platform,
+                        with_hint(e.to_string())
+                    ))
+                    .at(loc)
+                    .at(loc)
                 })?;
                 ds.platform = Some(p);
             }
@@ -1204,6 +1377,21 @@ impl Converter<'_> {
             state.out = Some(out);
             state.platform = Some(platforms::normalize(&platform));
             self.states[i].state = state;
+            if reachable {
+                let actual = &self.states[i].image.platform;
+                if actual.os != platform.os || actual.architecture != platform.architecture {
+                    let expected = platforms::format_all(&platforms::normalize(&platform));
+                    let actual = platforms::format_all(&platforms::normalize(actual));
+                    let at = self.states[i].location;
+                    self.lint.report(&lint::INVALID_BASE_IMAGE_PLATFORM, at, || {
+                        format!(
+                            "Base image {orig} was pulled with platform {}, expected {} for current build",
+                            quote(&actual),
+                            quote(&expected)
+                        )
+                    });
+                }
+            }
         }
         self.states[i].platform = Some(platform);
         Ok(())
@@ -1468,15 +1656,23 @@ impl Converter<'_> {
         self.states[si].cmd_is_onbuild = cmd.is_onbuild;
         let mut instruction = cmd.command.instruction.clone();
         let env = self.states[si].state.env.clone();
+        let build_args = self.states[si].build_args.clone();
+        let vars = StageVars {
+            env: &env,
+            build_args: &build_args,
+        };
+        let at = cmd.command.location;
         let lex = self.lex;
         if instruction.expands() && !matches!(instruction, Instruction::Arg(_)) {
-            let mut ex = |w: &str| lex.process_word(w, &env);
+            let lint = &mut self.lint;
+            let mut ex = |w: &str| vars.expand(lint, &lex, w, at);
             instruction.expand(&mut ex).map_err(expand_err)?;
         }
         {
             let mut raw = Lexer::new('\\');
             raw.skip_process_quotes = true;
-            let mut ex = |w: &str| raw.process_word(w, &env);
+            let lint = &mut self.lint;
+            let mut ex = |w: &str| vars.expand(lint, &raw, w, at);
             instruction.expand_raw(&mut ex).map_err(expand_err)?;
         }
         let command = &cmd.command;
@@ -1489,6 +1685,10 @@ impl Converter<'_> {
                 let mut msg = String::from("ENV");
                 let d = &mut self.states[si];
                 for kv in &kvs {
+                    if kv.no_delim {
+                        lint::legacy_key_value(&mut self.lint, &command.name, at);
+                    }
+                    lint::secret_key(&mut self.lint, "ENV", &kv.key, at);
                     msg.push_str(&format!(" {}={}", kv.key, kv.value));
                     env_set(&mut d.state.env, &kv.key, &kv.value);
                     add_image_env(&mut d.image.config.env, &kv.key, &kv.value);
@@ -1514,6 +1714,7 @@ impl Converter<'_> {
                     parents: false,
                     unpack: a.unpack,
                     location: command.location,
+                    from_context: true,
                 };
                 self.dispatch_copy(si, cfg)?;
                 for src in &a.sources.source_paths {
@@ -1551,6 +1752,7 @@ impl Converter<'_> {
                     parents: c.parents,
                     unpack: None,
                     location: command.location,
+                    from_context: src_stage.is_none(),
                 };
                 self.dispatch_copy(si, cfg)?;
                 let paths: Vec<String> = c
@@ -1571,6 +1773,9 @@ impl Converter<'_> {
                 let mut msg = String::from("LABEL");
                 let d = &mut self.states[si];
                 for kv in &kvs {
+                    if kv.no_delim {
+                        lint::legacy_key_value(&mut self.lint, &command.name, at);
+                    }
                     d.image
                         .config
                         .labels
@@ -1584,6 +1789,10 @@ impl Converter<'_> {
             }
             Instruction::Cmd(c) => {
                 let d = &mut self.states[si];
+                lint::used_once(&mut self.lint, &mut d.cmd_loc, &command.name, at);
+                if c.prepend_shell && d.image.config.shell.is_empty() {
+                    lint::json_args(&mut self.lint, &command.name, at);
+                }
                 let args = if c.prepend_shell {
                     with_shell(&d.image, &c.cmd_line)
                 } else {
@@ -1596,6 +1805,10 @@ impl Converter<'_> {
             }
             Instruction::Entrypoint(c) => {
                 let d = &mut self.states[si];
+                lint::used_once(&mut self.lint, &mut d.entrypoint_loc, &command.name, at);
+                if c.prepend_shell && d.image.config.shell.is_empty() {
+                    lint::json_args(&mut self.lint, &command.name, at);
+                }
                 let args = if c.prepend_shell {
                     with_shell(&d.image, &c.cmd_line)
                 } else {
@@ -1613,6 +1826,8 @@ impl Converter<'_> {
                 );
             }
             Instruction::Healthcheck(h) => {
+                let d = &mut self.states[si];
+                lint::used_once(&mut self.lint, &mut d.healthcheck_loc, &command.name, at);
                 let hc = HealthConfig {
                     test: h.test.clone(),
                     interval: duration_ns(h.interval),
@@ -1632,7 +1847,7 @@ impl Converter<'_> {
                 }
                 let mut exposed = Vec::new();
                 for p in &words {
-                    exposed.extend(parse_port(p)?);
+                    exposed.extend(parse_port(p, &mut self.lint, at)?);
                 }
                 let d = &mut self.states[si];
                 for p in &exposed {
@@ -1676,6 +1891,7 @@ impl Converter<'_> {
             Instruction::Arg(pairs) => {
                 let mut parts = Vec::with_capacity(pairs.len());
                 for arg in pairs {
+                    lint::secret_key(&mut self.lint, "ARG", &arg.key, at);
                     let has_value = self.opts.build_args.get(&arg.key);
                     let mut value = arg.value.clone();
                     if value.is_none()
@@ -1687,8 +1903,15 @@ impl Converter<'_> {
                     if let Some(v) = has_value {
                         value = Some(v.clone());
                     } else if let Some(v) = &arg.value {
-                        let env = &self.states[si].state.env;
-                        value = Some(lex.process_word(v, env).map_err(expand_err)?);
+                        let d = &self.states[si];
+                        let vars = StageVars {
+                            env: &d.state.env,
+                            build_args: &d.build_args,
+                        };
+                        value = Some(
+                            vars.expand(&mut self.lint, &lex, v, at)
+                                .map_err(expand_err)?,
+                        );
                     }
                     let d = &mut self.states[si];
                     if let Some(v) = &value
@@ -1720,6 +1943,19 @@ impl Converter<'_> {
     ) -> Result<(), ConvertError> {
         let d = &mut self.states[si];
         if commit {
+            // Only the first WORKDIR of a build (base stages included)
+            // is looked at: fixing it fixes the ones after.
+            if !d.workdir_set
+                && !path.starts_with('/')
+                && let Some(c) = command
+            {
+                self.lint.run(&lint::WORKDIR_RELATIVE_PATH, c.location, || {
+                    format!(
+                        "Relative workdir {} can have unexpected results if the base image changes",
+                        quote(path)
+                    )
+                });
+            }
             d.workdir_set = true;
         }
         let wd = normalize_path(&d.image.config.working_dir, path, false);
@@ -1774,7 +2010,13 @@ impl Converter<'_> {
         let env = self.states[si].state.env.clone();
         let lex = self.lex;
         let mounts = {
-            let mut ex = |w: &str| lex.process_word(w, &env);
+            let d = &self.states[si];
+            let vars = StageVars {
+                env: &env,
+                build_args: &d.build_args,
+            };
+            let lint = &mut self.lint;
+            let mut ex = |w: &str| vars.expand(lint, &lex, w, command.location);
             run.mounts(Some(&mut ex))
                 .map_err(|e| ConvertError::new(e.0))?
         };
@@ -2139,9 +2381,50 @@ impl Converter<'_> {
                 if !cfg.is_add {
                     return Err(ConvertError::new("source can't be a URL for COPY"));
                 }
-                return Err(ConvertError::new(format!(
-                    "ADD from a URL ({src}) is not supported yet"
-                )));
+                // Downloads are never unpacked unless asked; the file is
+                // named after the URL's last path element.
+                let filename = url_file_name(src);
+                let mut attrs = BTreeMap::new();
+                let mut caps = Vec::new();
+                if !cfg.checksum.is_empty() {
+                    let checksum = cfg.checksum.trim();
+                    if !is_digest(checksum) {
+                        return Err(ConvertError::new(format!(
+                            "invalid checksum digest format: {checksum}"
+                        )));
+                    }
+                    attrs.insert("http.checksum".to_owned(), checksum.to_owned());
+                    caps.push("source.http.checksum");
+                }
+                attrs.insert("http.filename".to_owned(), filename.clone());
+                caps.push("source.http");
+                let st = graph::source(
+                    src.clone(),
+                    attrs,
+                    None,
+                    caps,
+                    OpMeta::default().name(pg_name.clone()).command(""),
+                );
+                let mut action = copy_action(
+                    copy_source_path(&filename, "/"),
+                    true,
+                    Vec::new(),
+                    cfg.unpack.unwrap_or(false),
+                    false,
+                );
+                action.allow_wildcard = false;
+                action.allow_empty_wildcard = false;
+                actions.push(Action::Copy(action), Some(Some(st)));
+                continue;
+            }
+            if cfg.from_context {
+                lint::copy_ignored(
+                    &mut self.lint,
+                    self.ignore_matcher.as_ref(),
+                    cfg.is_add,
+                    src,
+                    cfg.location,
+                );
             }
             let mut src = src.clone();
             let mut patterns = Vec::new();
@@ -2352,6 +2635,9 @@ struct CopyConfig {
     parents: bool,
     unpack: Option<bool>,
     location: LineRange,
+    /// Sources are in the main build context (ADD, COPY without
+    /// `--from`): CopyIgnoredFile looks at them.
+    from_context: bool,
 }
 
 enum Chmod {
@@ -2748,7 +3034,10 @@ fn parse_signal(raw: &str) -> Result<(), ConvertError> {
 
 /// EXPOSE's port specs: `[ip:][hostport:]port[-end][/proto]` to
 /// `port/proto` entries.
-fn parse_port(raw: &str) -> Result<Vec<String>, ConvertError> {
+///
+/// ExposeProtoCasing and ExposeInvalidFormat are checked once the protocol
+/// is known to be valid, before the addresses are.
+fn parse_port(raw: &str, lint: &mut Linter, at: LineRange) -> Result<Vec<String>, ConvertError> {
     let parts: Vec<&str> = raw.split(':').collect();
     let (ip, host_port, container) = match parts.len() {
         1 => (String::new(), "", parts[0]),
@@ -2766,6 +3055,13 @@ fn parse_port(raw: &str) -> Result<Vec<String>, ConvertError> {
         "tcp" | "udp" | "sctp" => proto.to_owned(),
         _ => return Err(wrap(&format!("invalid proto: {proto}"))),
     };
+    lint::expose_port(
+        lint,
+        raw,
+        &proto,
+        !ip.is_empty() || !host_port.is_empty(),
+        at,
+    );
     let mut ip = ip;
     if ip.starts_with('[') {
         ip = ip
@@ -2836,6 +3132,33 @@ fn is_git_source(src: &str) -> bool {
         return path.ends_with(".git") || src.contains(".git#");
     }
     false
+}
+
+/// The name `ADD <url>` gives the download: the URL path's last element,
+/// `__unnamed__` without one.
+fn url_file_name(src: &str) -> String {
+    let rest = src.split_once("://").map_or("", |(_, r)| r);
+    let rest = rest.split(['?', '#']).next().unwrap_or("");
+    let path = rest.find('/').map_or("", |i| &rest[i..]);
+    let cleaned = path_clean(if path.is_empty() { "." } else { path });
+    match cleaned.rsplit('/').next().unwrap_or("") {
+        "" | "." | "/" => "__unnamed__".to_owned(),
+        base => base.to_owned(),
+    }
+}
+
+/// `algorithm:hex` as digest.Parse accepts it (sha256, sha384, sha512).
+fn is_digest(s: &str) -> bool {
+    let Some((alg, hex)) = s.split_once(':') else {
+        return false;
+    };
+    let len = match alg {
+        "sha256" => 64,
+        "sha384" => 96,
+        "sha512" => 128,
+        _ => return false,
+    };
+    hex.len() == len && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 fn is_http_source(src: &str) -> bool {
@@ -2999,6 +3322,7 @@ mod tests {
 
     #[test]
     fn ports() {
+        let parse_port = |p: &str| parse_port(p, &mut Linter::off(), LineRange::new(1, 1));
         assert_eq!(parse_port("80").unwrap(), ["80/tcp"]);
         assert_eq!(parse_port("53/UDP").unwrap(), ["53/udp"]);
         assert_eq!(

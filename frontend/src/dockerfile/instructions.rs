@@ -16,6 +16,7 @@ use super::golang::{
     NumError, equal_fold_ascii, parse_duration, parse_int, quote, to_lower, to_upper, trim_space,
     with_suggestion,
 };
+use super::lint::{self, Linter};
 use super::mounts::{
     Device, Expander, Mount, MountError, NetworkMode, SecurityMode, parse_device, parse_mount,
 };
@@ -402,9 +403,19 @@ impl SourcesAndDest {
 /// carries the instruction's lines; a command before any FROM fails with
 /// `no build stage in current context`.
 pub fn instructions(parsed: &Parsed) -> Result<Dockerfile, ParseError> {
+    instructions_linted(parsed, &mut Linter::off())
+}
+
+/// [`instructions`], running BuildKit's parse-time lint rules node by node
+/// (so a node's warnings come before its own parse error).
+pub(crate) fn instructions_linted(
+    parsed: &Parsed,
+    lint: &mut Linter,
+) -> Result<Dockerfile, ParseError> {
     let mut meta_args = Vec::new();
     let mut stages: Vec<Stage> = Vec::new();
     for node in &parsed.nodes {
+        lint::before_instruction(lint, node);
         let cmd = parse_instruction(node).map_err(|e| {
             ParseError::new(
                 format!(
@@ -415,6 +426,7 @@ pub fn instructions(parsed: &Parsed) -> Result<Dockerfile, ParseError> {
                 e.location(),
             )
         })?;
+        lint::after_instruction(lint, node, &cmd.instruction);
         match cmd.instruction {
             Instruction::Arg(_) if stages.is_empty() => meta_args.push(cmd),
             Instruction::From(from) => {

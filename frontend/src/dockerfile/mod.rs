@@ -12,7 +12,9 @@
 //! 3. At dispatch time, a [`Lexer`] expands variables in the words each
 //!    instruction expands ([`Instruction::expand`], [`shell`]).
 //! 4. [`convert()`] does all of the above and turns the stages the target
-//!    needs into LLB and an image config ([`convert`](mod@convert)).
+//!    needs into LLB and an image config ([`convert`](mod@convert)),
+//!    running BuildKit's lint rules on the way when asked to
+//!    ([`lint`](mod@lint)).
 //!
 //! Before any of this, the frontend looks for `# syntax=` (to hand the build
 //! to a frontend image) and `# check=` with [`detect_syntax`] and
@@ -36,11 +38,13 @@
 
 pub mod convert;
 pub mod directives;
+pub mod fuzzing;
 mod golang;
 mod graph;
 mod image;
 pub mod instructions;
 mod json;
+pub mod lint;
 pub mod mounts;
 pub mod parser;
 pub mod shell;
@@ -55,6 +59,7 @@ pub use instructions::{
     KeyValue, Run, ShellInlineFile, SourceContent, SourcesAndDest, Stage, instructions,
     parse_instruction,
 };
+pub use lint::{LintSink, LintWarning, Rule, check_options};
 pub use mounts::{
     Device, Expander, Mount, MountError, MountType, NetworkMode, SecurityMode, ShareMode,
     parse_device, parse_mount,

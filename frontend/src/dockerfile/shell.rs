@@ -173,6 +173,27 @@ impl Lexer {
         })
     }
 
+    /// Like [`Lexer::process_word_with_matches`], but the variables looked
+    /// up before a failure are kept: BuildKit's lint rules report them even
+    /// when the expansion then fails. The result is empty on failure.
+    pub fn process_word_tracked(
+        &self,
+        word: &str,
+        env: &dyn Env,
+    ) -> (Expansion, Option<ExpandError>) {
+        let mut sw = ShellWord::new(self, env, word);
+        let (result, err) = match sw.run(word) {
+            Ok((result, _)) => (result, None),
+            Err(e) => (String::new(), Some(e)),
+        };
+        let expansion = Expansion {
+            result,
+            matched: sw.matched,
+            unmatched: sw.unmatched,
+        };
+        (expansion, err)
+    }
+
     /// Expands `word` and splits it into words on unquoted white space.
     pub fn process_words(&self, word: &str, env: &dyn Env) -> Result<Vec<String>, ExpandError> {
         let mut sw = ShellWord::new(self, env, word);
