@@ -26,6 +26,18 @@ pub enum BuildError {
     Output(String),
 }
 
+/// The OCI layout directories the build's exports write into.
+fn store_dirs(prepared: &PreparedBuild) -> Vec<std::path::PathBuf> {
+    prepared
+        .exports
+        .iter()
+        .filter_map(|e| match &e.target {
+            OutputTarget::Store(dir) => Some(dir.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Opens the build's session with everything `prepared` asks the client to
 /// serve. The session id is the request's.
 pub async fn start_session(
@@ -49,14 +61,7 @@ pub async fn start_session(
         let targets = filesync::FileSendTargets::new(targets);
         session = session.with_service(|r| r.add_service(targets), filesync::FILESEND_METHODS);
     }
-    let stores: Vec<_> = prepared
-        .exports
-        .iter()
-        .filter_map(|e| match &e.target {
-            OutputTarget::Store(dir) => Some(dir.clone()),
-            _ => None,
-        })
-        .collect();
+    let stores = store_dirs(prepared);
     if stores.len() > 1 {
         // The store id is fixed, as in BuildKit.
         return Err(BuildError::Session(format!(
@@ -113,14 +118,7 @@ impl Client {
             }
             Ok::<_, ClientError>(())
         });
-        let stores: Vec<_> = prepared
-            .exports
-            .iter()
-            .filter_map(|e| match &e.target {
-                OutputTarget::Store(dir) => Some(dir.clone()),
-                _ => None,
-            })
-            .collect();
+        let stores = store_dirs(&prepared);
         let response = self.solve(prepared.request).await;
         if response.is_err() {
             // The solve error is the one to show, after what the daemon

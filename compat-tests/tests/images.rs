@@ -182,45 +182,17 @@ async fn build_with(
     dir: &Path,
     output: Vec<String>,
 ) -> Result<std::collections::BTreeMap<String, String>, String> {
-    let flags = BuildFlags {
-        frontend: Some("dockerfile.v0".into()),
-        local: vec![
-            format!("context={}", dir.display()),
-            format!("dockerfile={}", dir.display()),
-        ],
-        output,
-        ..Default::default()
-    };
-    let id = format!("imgx{}x{}", std::process::id(), free_port());
-    let prepared = flags.to_request(None, &id, &format!("s{id}")).unwrap();
-    daemon
-        .client()
-        .await
-        .build(prepared, |_| {})
-        .await
-        .map(|r| r.exporter_response)
-        .map_err(|e| e.to_string())
+    build_opts(daemon, dir, output, Vec::new()).await
 }
 
 async fn build(daemon: &Daemon, dir: &Path, out: &Path) -> Result<(), String> {
-    let flags = BuildFlags {
-        frontend: Some("dockerfile.v0".into()),
-        local: vec![
-            format!("context={}", dir.display()),
-            format!("dockerfile={}", dir.display()),
-        ],
-        output: vec![format!("type=local,dest={}", out.display())],
-        ..Default::default()
-    };
-    let id = format!("img{}x{}", std::process::id(), free_port());
-    let prepared = flags.to_request(None, &id, &format!("s{id}")).unwrap();
-    daemon
-        .client()
-        .await
-        .build(prepared, |_| {})
-        .await
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+    build_with(
+        daemon,
+        dir,
+        vec![format!("type=local,dest={}", out.display())],
+    )
+    .await
+    .map(|_| ())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -304,20 +304,7 @@ struct LintTarget {
 impl LintTarget {
     fn send<R>(&self, host: &dyn FrontendHost<R>, sink: &crate::dockerfile::LintSink) {
         for w in sink.take() {
-            let ranges = w
-                .location
-                .iter()
-                .map(|r| pb::Range {
-                    start: Some(pb::Position {
-                        line: r.start as i32,
-                        character: 0,
-                    }),
-                    end: Some(pb::Position {
-                        line: r.end as i32,
-                        character: 0,
-                    }),
-                })
-                .collect();
+            let ranges = pb_ranges(&w.location);
             host.warn(bk_proto::moby::buildkit::v1::VertexWarning {
                 vertex: self.vertex.clone(),
                 level: 1,
@@ -375,24 +362,29 @@ pub fn with_source(
         definition: None,
         language: "Dockerfile".to_string(),
     };
-    let ranges: Vec<pb::Range> = lines
-        .iter()
-        .map(|r| pb::Range {
-            start: Some(pb::Position {
-                line: r.start as i32,
-                character: 0,
-            }),
-            end: Some(pb::Position {
-                line: r.end as i32,
-                character: 0,
-            }),
-        })
-        .collect();
+    let ranges = pb_ranges(lines);
     with_details(
         tonic::Code::Unknown,
         message,
         vec![source_detail(&info, &ranges)],
     )
+}
+
+/// Dockerfile line ranges as LLB source ranges (whole lines).
+fn pb_ranges(lines: &[crate::dockerfile::LineRange]) -> Vec<pb::Range> {
+    let at = |line: usize| {
+        Some(pb::Position {
+            line: line as i32,
+            character: 0,
+        })
+    };
+    lines
+        .iter()
+        .map(|r| pb::Range {
+            start: at(r.start),
+            end: at(r.end),
+        })
+        .collect()
 }
 
 /// A status carrying BuildKit's typed details (`Any` values in JSON, the

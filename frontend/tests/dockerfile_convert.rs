@@ -742,14 +742,22 @@ EOF
     .await
     .unwrap();
     let d = decode(&c);
-    let name = "[1/1] ADD --checksum=".to_string() + &sum + " https://example.com/x/a.tgz?v=1 /d/";
-    let copy = d.file(&name);
-    let Some(Action::Copy(cp)) = &copy[0].action else {
+    // The source and the copy share the step's name: find them by kind.
+    let copy = d
+        .graph
+        .vertices
+        .values()
+        .find(|v| matches!(v.op.op, Some(OpKind::File(_))))
+        .expect("a file op");
+    let Some(OpKind::File(f)) = &copy.op.op else {
+        unreachable!()
+    };
+    let Some(Action::Copy(cp)) = &f.actions[0].action else {
         panic!()
     };
     assert_eq!((cp.src.as_str(), cp.dest.as_str()), ("/a.tgz", "/d/"));
     assert!(!cp.attempt_unpack_docker_compatibility);
-    let (input, _) = &d.vertex(&name).inputs[0];
+    let (input, _) = &copy.inputs[0];
     let Some(OpKind::Source(src)) = &d.graph.vertices[input].op.op else {
         panic!("the copy's input is not a source")
     };
