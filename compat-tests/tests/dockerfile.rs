@@ -459,3 +459,24 @@ async fn lint_warnings_reach_the_progress_stream() {
             .any(|u| !u.warnings.is_empty())
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_syntax_directive_naming_another_frontend_is_refused() {
+    let daemon = Daemon::start(DaemonOptions::default());
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("p");
+    project(&dir, "# syntax=example.com/frontend:v1\nFROM scratch\n");
+    let (result, _) = build(&daemon, &dir, None, &[], |_| {}).await;
+    let err = result.unwrap_err();
+    assert!(
+        err.contains("frontend image example.com/frontend:v1"),
+        "{err}"
+    );
+    // Docker's own frontend, by any tag, is the built-in one.
+    project(
+        &dir,
+        "# syntax=docker.io/docker/dockerfile:1.7-labs\nFROM scratch\nCOPY busybox /bb\n",
+    );
+    let (result, _) = build(&daemon, &dir, None, &[], |_| {}).await;
+    result.unwrap();
+}

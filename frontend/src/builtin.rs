@@ -201,6 +201,26 @@ async fn dockerfile<R: Send + Sync>(
             ))
         })?;
 
+    // `# syntax=` (or BUILDKIT_SYNTAX) hands the build to a frontend image.
+    // Docker's own Dockerfile frontend is the one built in here; any other
+    // image is refused plainly rather than built with different rules.
+    if let Some((name, line)) = requested_syntax(attrs, &text)
+        && !is_dockerfile_frontend(&name)
+    {
+        let lines: Vec<_> = (line > 0)
+            .then(|| crate::dockerfile::LineRange::new(line, line))
+            .into_iter()
+            .collect();
+        return Err(with_source(
+            &format!(
+                "frontend image {name} (from the syntax directive) is not supported yet by buildkit-rs: only the built-in Dockerfile frontend runs"
+            ),
+            &filename,
+            &text,
+            &lines,
+        ));
+    }
+
     // Ignore patterns: `<Dockerfile>.dockerignore`, else the context's.
     let ignore = match host.read_file(&files, &ignore_name, MAX_FILE).await? {
         Some(text) => Some(text),
@@ -292,6 +312,31 @@ async fn dockerfile<R: Send + Sync>(
         result: FrontendResult::Platforms(definitions),
         metadata,
     })
+}
+
+/// The frontend image a build asks for, and the directive's line (0 for
+/// the build-arg).
+fn requested_syntax(attrs: &BTreeMap<String, String>, text: &[u8]) -> Option<(String, usize)> {
+    if let Some(v) = attrs
+        .get("build-arg:BUILDKIT_SYNTAX")
+        .filter(|v| !v.trim().is_empty())
+    {
+        let name = v.split_whitespace().next().unwrap_or_default();
+        return Some((name.to_string(), 0));
+    }
+    crate::dockerfile::detect_syntax(text).map(|d| (d.name, d.line))
+}
+
+/// Docker's Dockerfile frontend images (any tag or digest): the language
+/// this daemon implements itself.
+fn is_dockerfile_frontend(name: &str) -> bool {
+    let Ok(reference) = bk_image::Reference::parse_normalized_named(name) else {
+        return false;
+    };
+    matches!(
+        reference.name().as_str(),
+        "docker.io/docker/dockerfile" | "docker.io/docker/dockerfile-upstream"
+    )
 }
 
 /// Where lint warnings are reported: the vertex that loaded the
