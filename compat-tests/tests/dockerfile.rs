@@ -480,3 +480,127 @@ async fn a_syntax_directive_naming_another_frontend_is_refused() {
     let (result, _) = build(&daemon, &dir, None, &[], |_| {}).await;
     result.unwrap();
 }
+
+/// A repository served by `git-daemon` on loopback; killed on drop.
+struct GitServer {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for GitServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn run_git(dir: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("git")
+        .current_dir(dir)
+        .env("HOME", "/dev/null")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// `repo` with two commits on `main` (a tag `v1` on the first) and a
+/// `docs/` directory.
+fn serve_git_repo() -> Option<GitServer> {
+    if std::process::Command::new("git")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: git is not installed (scripts/install-deps.sh installs it)");
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    std::fs::create_dir_all(repo.join("docs")).unwrap();
+    run_git(&repo, &["init", "-q", "-b", "main"]);
+    std::fs::write(repo.join("README"), "first\n").unwrap();
+    std::fs::write(repo.join("docs/guide.md"), "guide\n").unwrap();
+    run_git(&repo, &["add", "."]);
+    run_git(&repo, &["commit", "-q", "-m", "one"]);
+    run_git(&repo, &["tag", "-a", "v1", "-m", "v1"]);
+    std::fs::write(repo.join("README"), "second\n").unwrap();
+    run_git(&repo, &["commit", "-q", "-am", "two"]);
+    let exec_path = std::path::PathBuf::from(run_git(dir.path(), &["--exec-path"]));
+    let port = compat_tests::free_port();
+    let child = std::process::Command::new(exec_path.join("git-daemon"))
+        .env("HOME", "/dev/null")
+        .args([
+            "--export-all",
+            &format!("--base-path={}", dir.path().display()),
+            "--listen=127.0.0.1",
+            &format!("--port={port}"),
+            "--reuseaddr",
+        ])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "git-daemon did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Some(GitServer {
+        child,
+        port,
+        _dir: dir,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_checks_out_git_repositories() {
+    let Some(server) = serve_git_repo() else {
+        return;
+    };
+    let daemon = Daemon::start(DaemonOptions::default());
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("p");
+    let remote = format!("git://127.0.0.1:{}/repo", server.port);
+    project(
+        &dir,
+        &format!(
+            "FROM scratch\nADD {remote} /head/\nADD {remote}#v1 /tagged/\nADD {remote}#main:docs /docs/\nADD --keep-git-dir {remote}#main /kept/\n"
+        ),
+    );
+    let out = tmp.path().join("out");
+    let (result, _) = build(&daemon, &dir, Some(&out), &[], |_| {}).await;
+    result.unwrap();
+    let read = |p: &str| std::fs::read_to_string(out.join(p)).unwrap();
+    assert_eq!(read("head/README"), "second\n");
+    assert!(!out.join("head/.git").exists(), "no .git unless kept");
+    assert_eq!(read("tagged/README"), "first\n");
+    assert_eq!(read("docs/guide.md"), "guide\n");
+    assert!(!out.join("docs/README").exists());
+    assert_eq!(read("kept/README"), "second\n");
+    assert_eq!(
+        run_git(&out.join("kept"), &["log", "--format=%s", "-1"]),
+        "two"
+    );
+
+    // A ref the repository does not have: BuildKit's error.
+    project(&dir, &format!("FROM scratch\nADD {remote}#nope /x/\n"));
+    let (result, _) = build(&daemon, &dir, None, &[], |_| {}).await;
+    let err = result.unwrap_err();
+    assert!(
+        err.contains("repository does not contain ref nope"),
+        "{err}"
+    );
+}

@@ -765,11 +765,38 @@ EOF
     assert_eq!(src.attrs["http.filename"], "a.tgz");
     assert_eq!(src.attrs["http.checksum"], sum);
 
-    // git is not there yet; COPY refuses URLs as BuildKit does.
+    // ADD of a git reference: a git source with BuildKit's attrs, copied
+    // from its root.
+    let c = convert(
+        b"FROM scratch\nADD --keep-git-dir https://example.com/r/repo.git?tag=v1#:sub /src/\n",
+        &options(),
+        &FakeRegistry::default(),
+    )
+    .await
+    .unwrap();
+    let d = decode(&c);
+    let src = d
+        .graph
+        .vertices
+        .values()
+        .find_map(|v| match &v.op.op {
+            Some(OpKind::Source(s)) if s.identifier.starts_with("git://") => Some(s.clone()),
+            _ => None,
+        })
+        .expect("a git source");
+    assert_eq!(
+        src.identifier,
+        "git://example.com/r/repo.git#refs/tags/v1:sub"
+    );
+    assert_eq!(src.attrs["git.fullurl"], "https://example.com/r/repo.git");
+    assert_eq!(src.attrs["git.keepgitdir"], "true");
+    assert_eq!(src.attrs["git.authtokensecret"], "GIT_AUTH_TOKEN");
+
+    // COPY refuses URLs and git references as BuildKit does.
     for (df, msg) in [
         (
-            "FROM scratch\nADD git@github.com:moby/buildkit.git /\n",
-            "not supported yet",
+            "FROM scratch\nCOPY git@github.com:moby/buildkit.git /\n",
+            "source can't be a git ref for COPY",
         ),
         (
             "FROM scratch\nCOPY https://example.com/a /\n",

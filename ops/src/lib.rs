@@ -1,6 +1,7 @@
 //! The LLB ops that need no container, over snapshots from `bk-cache`:
-//! `local://` sources, file ops, merge; and the exporters that hand results
-//! to the client (`local`, `tar`).
+//! `local://`, `docker-image://`, `http(s)://` and `git://` sources, file
+//! ops, merge; and the exporters that hand results to the client (`local`,
+//! `tar`).
 //!
 //! [`SnapshotWorker`] is the solver's [`Worker`]: it turns each vertex into an
 //! [`Op`] producing [`Ref`]s. [`SnapshotResults`] is the solver's persistent
@@ -9,6 +10,7 @@
 pub mod checksum;
 pub mod export;
 pub mod file;
+pub mod git;
 pub mod http;
 pub mod image;
 pub mod image_export;
@@ -34,6 +36,8 @@ pub struct SnapshotWorker {
     images: Option<(Arc<image::ImageSources>, bk_image::types::Platform)>,
     /// The client of `http(s)://` sources, made on first use.
     web: std::sync::OnceLock<bk_image::registry::web::WebClient>,
+    /// Locks of `git://` sources' repositories and checkouts.
+    git: Arc<git::GitRepos>,
 }
 
 impl SnapshotWorker {
@@ -44,6 +48,7 @@ impl SnapshotWorker {
             contexts: Arc::new(LocalContexts::default()),
             images: None,
             web: std::sync::OnceLock::new(),
+            git: Arc::default(),
         }
     }
 
@@ -102,6 +107,13 @@ impl Worker<Ref> for SnapshotWorker {
                         self.web()?,
                         self.cache.clone(),
                         self.sessions.clone(),
+                    )?)),
+                    "git" => Ok(Arc::new(git::GitSource::new(
+                        rest,
+                        &source.attrs,
+                        self.cache.clone(),
+                        self.sessions.clone(),
+                        self.git.clone(),
                     )?)),
                     other => Err(OpError::new(format!(
                         "source type {other} is not supported yet"

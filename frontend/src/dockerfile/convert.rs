@@ -13,8 +13,8 @@
 //! and error texts are BuildKit's (v0.24; EXPOSE history as newer BuildKit
 //! writes it, since v0.24 prints a pointer there).
 //!
-//! Not supported yet, with a clear error: ADD from git (URLs are http
-//! sources), named
+//! ADD of a URL is an `http(s)` source, ADD of a git reference a `git`
+//! source ([`super::git_ref`]). Not supported yet, with a clear error: named
 //! contexts of type `git`, `http(s)` and `oci-layout`, RUN `--device` (the
 //! daemon has no CDI), Windows targets. Subrequests (outline, targets,
 //! lint) and SBOM scan targets are not run.
@@ -33,6 +33,7 @@ use bk_image::types::{HealthConfig, Image, Platform};
 use bk_image::{Digest as ImageDigest, Reference};
 use bk_proto::pb::{self, file_action::Action};
 
+use super::git_ref::{GitRef, parse_git_ref};
 use super::golang::{csv_fields, parse_uint, quote, to_lower, to_upper, with_suggestion};
 use super::graph::{
     self, ExecMount, ExecSpec, FileActions, OpMeta, Out, SecretSpec, SourceMapInfo, SshSpec,
@@ -1713,12 +1714,16 @@ impl Converter<'_> {
                     checksum: a.checksum.clone(),
                     parents: false,
                     unpack: a.unpack,
+                    keep_git_dir: a.keep_git_dir,
                     location: command.location,
                     from_context: true,
                 };
                 self.dispatch_copy(si, cfg)?;
                 for src in &a.sources.source_paths {
-                    if !src.starts_with("http://") && !src.starts_with("https://") {
+                    if !src.starts_with("http://")
+                        && !src.starts_with("https://")
+                        && !matches!(parse_git_ref(src), Ok(Some(_)))
+                    {
                         self.states[si].ctx_paths.insert(path_join(&["/", src]));
                     }
                 }
@@ -1751,6 +1756,7 @@ impl Converter<'_> {
                     checksum: String::new(),
                     parents: c.parents,
                     unpack: None,
+                    keep_git_dir: None,
                     location: command.location,
                     from_context: src_stage.is_none(),
                 };
@@ -2369,13 +2375,14 @@ impl Converter<'_> {
         for src in &cfg.params.source_paths {
             msg.push(' ');
             msg.push_str(src);
-            if is_git_source(src) {
+            if let Some(git) = parse_git_ref(src).map_err(ConvertError::new)? {
                 if !cfg.is_add {
                     return Err(ConvertError::new("source can't be a git ref for COPY"));
                 }
-                return Err(ConvertError::new(format!(
-                    "ADD from a git repository ({src}) is not supported yet"
-                )));
+                let st = git_source(&git, &cfg, &pg_name)?;
+                let action = copy_action("/".to_owned(), false, Vec::new(), false, false);
+                actions.push(Action::Copy(action), Some(Some(st)));
+                continue;
             }
             if is_http_source(src) {
                 if !cfg.is_add {
@@ -2634,6 +2641,8 @@ struct CopyConfig {
     checksum: String,
     parents: bool,
     unpack: Option<bool>,
+    /// `ADD --keep-git-dir`.
+    keep_git_dir: Option<bool>,
     location: LineRange,
     /// Sources are in the main build context (ADD, COPY without
     /// `--from`): CopyIgnoredFile looks at them.
@@ -3120,18 +3129,78 @@ fn port_range(s: &str) -> Result<(u32, u32), ()> {
 }
 
 fn is_git_source(src: &str) -> bool {
-    if src.starts_with("git@") || src.starts_with("git://") || src.starts_with("ssh://") {
-        return true;
-    }
-    if let Some(rest) = src
-        .strip_prefix("https://")
-        .or_else(|| src.strip_prefix("http://"))
+    matches!(parse_git_ref(src), Ok(Some(_)))
+}
+
+/// The git source op of `ADD <git ref>`, as BuildKit's `llb.Git` makes it:
+/// identifier `git://<host><path>[#<ref>[:<subdir>]]`, the remote in
+/// `git.fullurl`, the default auth secret names, flags from the
+/// instruction and the reference's query.
+fn git_source(git: &GitRef, cfg: &CopyConfig, pg_name: &str) -> Result<Out, ConvertError> {
+    let mut keep = cfg.keep_git_dir;
+    if let (Some(flag), Some(query)) = (keep, git.keep_git_dir)
+        && flag != query
     {
-        let path = rest.split('#').next().unwrap_or(rest);
-        let path = path.split('?').next().unwrap_or(path);
-        return path.ends_with(".git") || src.contains(".git#");
+        return Err(ConvertError::new("inconsistent keep-git-dir configuration"));
     }
-    false
+    if git.keep_git_dir.is_some() {
+        keep = git.keep_git_dir;
+    }
+    let mut checksum = cfg.checksum.clone();
+    if !checksum.is_empty() && !git.checksum.is_empty() && checksum != git.checksum {
+        return Err(ConvertError::new(format!(
+            "checksum mismatch {checksum:?} != {:?}",
+            git.checksum
+        )));
+    }
+    if !git.checksum.is_empty() {
+        checksum = git.checksum.clone();
+    }
+    let mut id = git.host_path.clone();
+    if !git.reference.is_empty() || !git.subdir.is_empty() {
+        id.push('#');
+        id.push_str(&git.reference);
+        if !git.subdir.is_empty() {
+            id.push(':');
+            id.push_str(&git.subdir);
+        }
+    }
+    let mut attrs = BTreeMap::new();
+    let mut caps = Vec::new();
+    if keep == Some(true) {
+        attrs.insert("git.keepgitdir".to_owned(), "true".to_owned());
+        caps.push("source.git.keepgitdir");
+    }
+    attrs.insert("git.fullurl".to_owned(), git.remote.clone());
+    caps.push("source.git.fullurl");
+    attrs.insert(
+        "git.authtokensecret".to_owned(),
+        "GIT_AUTH_TOKEN".to_owned(),
+    );
+    attrs.insert(
+        "git.authheadersecret".to_owned(),
+        "GIT_AUTH_HEADER".to_owned(),
+    );
+    if git.ssh {
+        attrs.insert("git.mountsshsock".to_owned(), "default".to_owned());
+        caps.push("source.git.mountsshsock");
+    }
+    if !checksum.is_empty() {
+        attrs.insert("git.checksum".to_owned(), checksum);
+        caps.push("source.git.checksum");
+    }
+    if git.submodules == Some(false) {
+        attrs.insert("git.skipsubmodules".to_owned(), "true".to_owned());
+        caps.push("source.git.skipsubmodules");
+    }
+    caps.push("source.git");
+    Ok(graph::source(
+        format!("git://{id}"),
+        attrs,
+        None,
+        caps,
+        OpMeta::default().name(pg_name.to_owned()),
+    ))
 }
 
 /// The name `ADD <url>` gives the download: the URL path's last element,

@@ -39,6 +39,7 @@
 pub mod convert;
 pub mod directives;
 pub mod fuzzing;
+pub mod git_ref;
 mod golang;
 mod graph;
 mod image;
