@@ -130,9 +130,12 @@ impl LlbBridge for GatewayService {
 
     async fn resolve_source_meta(
         &self,
-        _: Request<gw::ResolveSourceMetaRequest>,
+        request: Request<gw::ResolveSourceMetaRequest>,
     ) -> Result<Response<gw::ResolveSourceMetaResponse>, Status> {
-        unsupported("resolving source metadata")
+        let bridge = self.bridge("ResolveSourceMeta", &request).await?;
+        Ok(Response::new(
+            bridge.resolve_source_meta(request.into_inner()).await?,
+        ))
     }
 
     async fn read_file(

@@ -352,6 +352,53 @@ impl<R: ResultRef> Bridge<R> {
         })
     }
 
+    /// `ResolveSourceMeta` for image sources: the resolved digest and (unless
+    /// `NoConfig`) the config, the op returned as given. Git and HTTP
+    /// sources are not resolved ahead of the build yet.
+    pub async fn resolve_source_meta(
+        &self,
+        req: gw::ResolveSourceMetaRequest,
+    ) -> Result<gw::ResolveSourceMetaResponse, Status> {
+        let source = req
+            .source
+            .ok_or_else(|| Status::invalid_argument("missing source"))?;
+        let Some(reference) = source.identifier.strip_prefix("docker-image://") else {
+            let scheme = source.identifier.split("://").next().unwrap_or_default();
+            return Err(Status::unimplemented(format!(
+                "resolving {scheme} source metadata is not supported yet by buildkit-rs"
+            )));
+        };
+        let mode = if req.resolve_mode.is_empty() {
+            source
+                .attrs
+                .get("image.resolvemode")
+                .cloned()
+                .unwrap_or_default()
+        } else {
+            req.resolve_mode.clone()
+        };
+        let platform = req
+            .platform
+            .filter(|p| !p.os.is_empty())
+            .unwrap_or_else(|| FrontendHost::platform(self));
+        let (digest, config) = self
+            .services
+            .images
+            .resolve(reference, &platform, &mode)
+            .await
+            .map_err(Status::not_found)?;
+        let no_config = req.image.as_ref().is_some_and(|i| i.no_config);
+        Ok(gw::ResolveSourceMetaResponse {
+            source: Some(source),
+            image: Some(gw::ResolveSourceImageResponse {
+                digest,
+                config: if no_config { Vec::new() } else { config },
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+    }
+
     /// Remembers a checked definition under a new ref id.
     pub fn register(&self, definition: &pb::Definition) -> Result<String, Status> {
         let graph =
