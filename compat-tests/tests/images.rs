@@ -177,6 +177,16 @@ async fn push_busybox(port: u16) -> String {
     name
 }
 
+/// A daemon, a temp dir, and a project in it with `dockerfile`.
+fn project(dockerfile: String) -> (Daemon, tempfile::TempDir, std::path::PathBuf) {
+    let daemon = Daemon::start(DaemonOptions::default());
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("p");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("Dockerfile"), dockerfile).unwrap();
+    (daemon, tmp, dir)
+}
+
 async fn build_with(
     daemon: &Daemon,
     dir: &Path,
@@ -201,18 +211,10 @@ async fn a_dockerfile_builds_from_an_image_in_a_local_registry() {
         return;
     };
     let image = push_busybox(registry.port).await;
-    let daemon = Daemon::start(DaemonOptions::default());
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("p");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("Dockerfile"),
-        format!(
-            "FROM {image}\nRUN echo \"$FROM_BASE\" > /from-base && ls /bin > /bins && id -u > /uid\n\
-             LABEL org.example.test=1\nEXPOSE 8080\nWORKDIR /srv\nUSER 1000\nENTRYPOINT [\"sh\", \"-c\"]\n"
-        ),
-    )
-    .unwrap();
+    let (daemon, tmp, dir) = project(format!(
+        "FROM {image}\nRUN echo \"$FROM_BASE\" > /from-base && ls /bin > /bins && id -u > /uid\n\
+         LABEL org.example.test=1\nEXPOSE 8080\nWORKDIR /srv\nUSER 1000\nENTRYPOINT [\"sh\", \"-c\"]\n"
+    ));
     let out = tmp.path().join("out");
     build(&daemon, &dir, &out).await.unwrap();
     let read = |p: &str| std::fs::read_to_string(out.join(p)).unwrap();
@@ -373,15 +375,7 @@ async fn layouts_and_the_image_store() {
         return;
     };
     let image = push_busybox(registry.port).await;
-    let daemon = Daemon::start(DaemonOptions::default());
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("p");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("Dockerfile"),
-        format!("FROM {image}\nRUN echo built > /built\n"),
-    )
-    .unwrap();
+    let (daemon, tmp, dir) = project(format!("FROM {image}\nRUN echo built > /built\n"));
     let layout = tmp.path().join("layout");
     // One exporter a build: the response is one map for all of them.
     let response = build_opts(

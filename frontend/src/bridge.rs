@@ -335,21 +335,32 @@ impl<R: ResultRef> Bridge<R> {
                 "resolving images from OCI layouts is not supported yet by buildkit-rs",
             ));
         }
-        let platform = req
-            .platform
-            .filter(|p| !p.os.is_empty())
-            .unwrap_or_else(|| FrontendHost::platform(self));
         let (digest, config) = self
-            .services
-            .images
-            .resolve(&req.r#ref, &platform, &req.resolve_mode)
-            .await
-            .map_err(Status::not_found)?;
+            .resolve_image(&req.r#ref, req.platform, &req.resolve_mode)
+            .await?;
         Ok(gw::ResolveImageConfigResponse {
             digest,
             config,
             r#ref: req.r#ref,
         })
+    }
+
+    /// An image's digest and config for `platform` (the bridge's own when
+    /// none is given).
+    async fn resolve_image(
+        &self,
+        reference: &str,
+        platform: Option<pb::Platform>,
+        mode: &str,
+    ) -> Result<(String, Vec<u8>), Status> {
+        let platform = platform
+            .filter(|p| !p.os.is_empty())
+            .unwrap_or_else(|| FrontendHost::platform(self));
+        self.services
+            .images
+            .resolve(reference, &platform, mode)
+            .await
+            .map_err(Status::not_found)
     }
 
     /// `ResolveSourceMeta` for image sources: the resolved digest and (unless
@@ -377,16 +388,7 @@ impl<R: ResultRef> Bridge<R> {
         } else {
             req.resolve_mode.clone()
         };
-        let platform = req
-            .platform
-            .filter(|p| !p.os.is_empty())
-            .unwrap_or_else(|| FrontendHost::platform(self));
-        let (digest, config) = self
-            .services
-            .images
-            .resolve(reference, &platform, &mode)
-            .await
-            .map_err(Status::not_found)?;
+        let (digest, config) = self.resolve_image(reference, req.platform, &mode).await?;
         let no_config = req.image.as_ref().is_some_and(|i| i.no_config);
         Ok(gw::ResolveSourceMetaResponse {
             source: Some(source),
