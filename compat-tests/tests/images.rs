@@ -607,6 +607,29 @@ async fn multi_platform_results() {
         );
     }
 
+    // As a layout: the index and every manifest's blobs reach the client.
+    let layout = tmp.path().join("multi-layout");
+    let response = build_opts(
+        &daemon,
+        &dir,
+        vec![format!("type=oci,tar=false,dest={}", layout.display())],
+        platforms.clone(),
+    )
+    .await
+    .unwrap();
+    let blob = |d: &str| {
+        let path = layout
+            .join("blobs/sha256")
+            .join(d.trim_start_matches("sha256:"));
+        serde_json::from_slice::<serde_json::Value>(&std::fs::read(path).unwrap()).unwrap()
+    };
+    let index = blob(&response["containerimage.digest"]);
+    assert_eq!(index["manifests"].as_array().unwrap().len(), 2, "{index}");
+    for m in index["manifests"].as_array().unwrap() {
+        let manifest = blob(m["digest"].as_str().unwrap());
+        blob(manifest["config"]["digest"].as_str().unwrap());
+    }
+
     let err = build_opts(
         &daemon,
         &dir,

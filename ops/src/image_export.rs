@@ -647,21 +647,29 @@ pub fn archive_descriptor(image: &mut ExportedImage, epoch: Option<i64>) {
 }
 
 /// Copies `image` into the client's `export` content store (`tar=false`):
-/// config and layers first, the manifest last, each skipped when the store
-/// has it.
+/// configs and layers first, then each manifest, the root (a manifest or
+/// an index) last; each skipped when the store has it.
 pub async fn send_to_client_store(
     session: &bk_session::Session,
     store: &ContentStore,
     image: &ExportedImage,
 ) -> Result<(), ImageExportError> {
     use futures::{StreamExt as _, TryStreamExt as _};
-    let bytes = store
-        .read_blob(&image.manifest.digest, 16 << 20)
-        .await
-        .map_err(failed)?;
-    let manifest: bk_image::Manifest = serde_json::from_slice(&bytes).map_err(failed)?;
-    let mut blobs = vec![manifest.config.clone()];
-    blobs.extend(manifest.layers.iter().cloned());
+    let read = |desc: Descriptor| async move {
+        let bytes = store
+            .read_blob(&desc.digest, 16 << 20)
+            .await
+            .map_err(failed)?;
+        Ok::<_, ImageExportError>(bytes)
+    };
+    let mut manifests = Vec::new();
+    if bk_image::media_types::is_index_type(&image.manifest.media_type) {
+        let index: bk_image::Index =
+            serde_json::from_slice(&read(image.manifest.clone()).await?).map_err(failed)?;
+        manifests.extend(index.manifests);
+    } else {
+        manifests.push(image.manifest.clone());
+    }
     let send = |desc: Descriptor| async move {
         let file = store.open_blob(&desc.digest).await.map_err(failed)?;
         bk_session::content::write_blob(
@@ -675,11 +683,20 @@ pub async fn send_to_client_store(
         .await
         .map_err(|e| failed(format!("write {} to the client's store: {e}", desc.digest)))
     };
-    futures::stream::iter(blobs.into_iter().map(send))
-        .buffer_unordered(4)
-        .try_collect::<Vec<bool>>()
-        .await?;
-    send(image.manifest.clone()).await?;
+    for desc in &manifests {
+        let manifest: bk_image::Manifest =
+            serde_json::from_slice(&read(desc.clone()).await?).map_err(failed)?;
+        let mut blobs = vec![manifest.config.clone()];
+        blobs.extend(manifest.layers.iter().cloned());
+        futures::stream::iter(blobs.into_iter().map(send))
+            .buffer_unordered(4)
+            .try_collect::<Vec<bool>>()
+            .await?;
+        send(desc.clone()).await?;
+    }
+    if manifests.first().map(|m| &m.digest) != Some(&image.manifest.digest) {
+        send(image.manifest.clone()).await?;
+    }
     Ok(())
 }
 
