@@ -256,39 +256,21 @@ async fn a_dockerfile_builds_from_an_image_in_a_local_registry() {
             ("oci-archive", archive("oci")),
             ("docker-archive", archive("docker")),
         ] {
-            let out = Command::new("skopeo")
-                .arg("inspect")
-                .arg(format!("{transport}:{}", path.display()))
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            skopeo_json(&[], &format!("{transport}:{}", path.display()));
         }
-        let out = Command::new("skopeo")
-            .args(["inspect", "--tls-verify=false", "--raw"])
-            .arg(format!("docker://{pushed}"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let manifest = skopeo_json(
+            &["--tls-verify=false", "--raw"],
+            &format!("docker://{pushed}"),
         );
-        let manifest: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(
             manifest["layers"].as_array().unwrap().len(),
             3,
             "{manifest}"
         );
-        let config = Command::new("skopeo")
-            .args(["inspect", "--tls-verify=false", "--config"])
-            .arg(format!("docker://{pushed}"))
-            .output()
-            .unwrap();
-        let config: serde_json::Value = serde_json::from_slice(&config.stdout).unwrap();
+        let config = skopeo_json(
+            &["--tls-verify=false", "--config"],
+            &format!("docker://{pushed}"),
+        );
         let env = config["config"]["Env"].to_string();
         assert!(env.contains("FROM_BASE=yes"), "{config}");
         // The Dockerfile's config, as BuildKit writes it: ENTRYPOINT resets
@@ -413,16 +395,7 @@ async fn layouts_and_the_image_store() {
         r#"{"imageLayoutVersion":"1.0.0"}"#
     );
     if Command::new("skopeo").arg("--version").output().is_ok() {
-        let out = Command::new("skopeo")
-            .arg("inspect")
-            .arg(format!("oci:{}", layout.display()))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        skopeo_json(&[], &format!("oci:{}", layout.display()));
     }
     if Command::new("umoci").arg("--version").output().is_ok() {
         let bundle = tmp.path().join("bundle");
@@ -589,17 +562,10 @@ async fn multi_platform_results() {
         .collect();
     assert_eq!(found, ["linux/amd64", "linux/arm64"], "{index}");
     if Command::new("skopeo").arg("--version").output().is_ok() {
-        let config = Command::new("skopeo")
-            .args(["inspect", "--override-arch", "arm64", "--config"])
-            .arg(format!("oci-archive:{}", archive.display()))
-            .output()
-            .unwrap();
-        assert!(
-            config.status.success(),
-            "{}",
-            String::from_utf8_lossy(&config.stderr)
+        let config = skopeo_json(
+            &["--override-arch", "arm64", "--config"],
+            &format!("oci-archive:{}", archive.display()),
         );
-        let config: serde_json::Value = serde_json::from_slice(&config.stdout).unwrap();
         assert_eq!(config["architecture"], "arm64");
         assert!(
             config["config"]["Env"].to_string().contains("ARCH=arm64"),
@@ -661,23 +627,32 @@ async fn multi_platform_results() {
     .await
     .unwrap();
     if Command::new("skopeo").arg("--version").output().is_ok() {
-        let out = Command::new("skopeo")
-            .args(["inspect", "--tls-verify=false", "--raw"])
-            .arg(format!("docker://{pushed}"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let index = skopeo_json(
+            &["--tls-verify=false", "--raw"],
+            &format!("docker://{pushed}"),
         );
-        let index: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(
             index["mediaType"],
             "application/vnd.oci.image.index.v1+json"
         );
         assert_eq!(index["manifests"].as_array().unwrap().len(), 2);
     }
+}
+
+/// `skopeo inspect <args> <target>`, which must succeed, as JSON.
+fn skopeo_json(args: &[&str], target: &str) -> serde_json::Value {
+    let out = Command::new("skopeo")
+        .arg("inspect")
+        .args(args)
+        .arg(target)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 /// The blob `digest` of an OCI archive, as JSON.
