@@ -156,3 +156,98 @@ async fn deep_nesting_is_bounded() {
     let continuation = format!("FROM scratch\nRUN a{}\n", " \\\n".repeat(50_000));
     exercise(continuation.as_bytes()).await;
 }
+
+/// Random instructions from a small grammar: keyword, optional flags, and
+/// plain words (no quotes, escapes or `$`, so the expected parse is known).
+fn random_instruction(rng: &mut Rng) -> (String, Vec<String>, Vec<String>) {
+    const KEYWORDS: &[&str] = &[
+        "RUN",
+        "CMD",
+        "ENTRYPOINT",
+        "WORKDIR",
+        "USER",
+        "EXPOSE",
+        "VOLUME",
+    ];
+    const WORDS: &[&str] = &["a", "b1", "/x/y", "c.d", "e_f", "8080", "tcp", "z-z"];
+    let keyword = KEYWORDS[rng.below(KEYWORDS.len())].to_string();
+    let flags = if keyword == "RUN" && rng.below(2) == 0 {
+        vec!["--network=none".to_string()]
+    } else {
+        Vec::new()
+    };
+    let words: Vec<String> = (0..=rng.below(4))
+        .map(|_| WORDS[rng.below(WORDS.len())].to_string())
+        .collect();
+    (keyword, flags, words)
+}
+
+/// Properties of the parser over generated files: every instruction is
+/// found on its line with its words; splitting an instruction over
+/// continuation lines (either escape character) changes nothing but the
+/// line numbers.
+#[test]
+fn parser_properties_over_generated_files() {
+    use bk_frontend::dockerfile::parse;
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    for _ in 0..300 {
+        let count = 1 + rng.below(8);
+        let instructions: Vec<_> = (0..count).map(|_| random_instruction(&mut rng)).collect();
+        let line = |(k, f, w): &(String, Vec<String>, Vec<String>)| {
+            let mut parts = vec![k.clone()];
+            parts.extend(f.iter().cloned());
+            parts.extend(w.iter().cloned());
+            parts
+        };
+        let plain: String = instructions
+            .iter()
+            .map(|i| format!("{}\n", line(i).join(" ")))
+            .collect();
+        let parsed = parse(plain.as_bytes()).unwrap();
+        assert_eq!(parsed.nodes.len(), count, "{plain}");
+        for (i, (node, (keyword, flags, words))) in
+            parsed.nodes.iter().zip(&instructions).enumerate()
+        {
+            assert_eq!(node.value, *keyword);
+            assert_eq!(node.flags, *flags, "{plain}");
+            assert_eq!((node.start_line, node.end_line), (i + 1, i + 1));
+            let joined = node.args.join(" ");
+            assert_eq!(joined, words.join(" "), "{plain}");
+        }
+
+        for escape in ['\\', '`'] {
+            let directive = if escape == '`' { "# escape=`\n" } else { "" };
+            let mut split = String::from(directive);
+            for i in &instructions {
+                let parts = line(i);
+                let mut text = parts[0].clone();
+                for p in &parts[1..] {
+                    if rng.below(2) == 0 {
+                        text.push_str(&format!(" {escape}\n  {p}"));
+                    } else {
+                        text.push_str(&format!(" {p}"));
+                    }
+                }
+                split.push_str(&text);
+                split.push('\n');
+            }
+            let again = parse(split.as_bytes()).unwrap();
+            assert_eq!(again.escape, escape);
+            assert_eq!(again.nodes.len(), count, "{split}");
+            for (a, b) in again.nodes.iter().zip(&parsed.nodes) {
+                assert_eq!(a.value, b.value);
+                assert_eq!(a.flags, b.flags, "{split}");
+                // Raw-string arguments keep the continuation's whitespace,
+                // as BuildKit's do; the words are the same.
+                let words = |n: &bk_frontend::dockerfile::Node| {
+                    n.args
+                        .iter()
+                        .flat_map(|a| a.split_whitespace().map(str::to_string))
+                        .collect::<Vec<_>>()
+                };
+                assert_eq!(words(a), words(b), "{split}");
+                assert!(a.start_line <= a.end_line);
+            }
+        }
+    }
+}
