@@ -894,3 +894,80 @@ async fn wildcard_and_filtered_copies_keep_their_cache_when_other_files_change()
     assert_eq!(std::fs::read(o3.join("app/app.js")).unwrap(), b"v2");
     assert!(!o3.join("app/debug.log").exists());
 }
+
+/// Bytes the daemon's cache reports.
+async fn cache_bytes(daemon: &Daemon) -> i64 {
+    let client = daemon.client().await;
+    client
+        .disk_usage(vec![])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.size)
+        .sum()
+}
+
+/// A context holding `mb` MiB that no other context has.
+fn fresh_context(dir: &Path, mb: usize, seed: u8) {
+    std::fs::create_dir_all(dir).unwrap();
+    let data: Vec<u8> = (0..mb << 20)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[3] ^ seed)
+        .collect();
+    std::fs::write(dir.join("data.bin"), data).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_keeps_storage_and_gc_policies_run_after_builds() {
+    // Prune with a space limit: least recently used first, down to it.
+    let daemon = Daemon::start(DaemonOptions::default());
+    let tmp = tempfile::tempdir().unwrap();
+    for seed in 0..3u8 {
+        let context = tmp.path().join(format!("c{seed}"));
+        fresh_context(&context, 2, seed);
+        let (result, _) = build(&daemon, &context, &[]).await;
+        result.unwrap();
+    }
+    let before = cache_bytes(&daemon).await;
+    assert!(before > 12 << 20, "{before} bytes cached");
+    let keep = 5_000_000;
+    let removed = daemon
+        .client()
+        .await
+        .prune(bk_proto::moby::buildkit::v1::PruneRequest {
+            reserved_space: keep,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(!removed.is_empty());
+    let after = cache_bytes(&daemon).await;
+    assert!(after < keep, "{after} bytes left, wanted under {keep}");
+    assert!(after > 0, "a prune down to a size keeps the newest records");
+    drop(daemon);
+
+    // GC policies run after a build, unasked.
+    let daemon = Daemon::start(DaemonOptions {
+        args: vec!["--oci-worker-gc=true".into()],
+        config: Some(
+            "[worker.oci]\ngc = true\n[[worker.oci.gcpolicy]]\nall = true\nmaxUsedSpace = 3000000\n"
+                .into(),
+        ),
+        ..Default::default()
+    });
+    let context = tmp.path().join("gc");
+    fresh_context(&context, 2, 9);
+    let (result, _) = build(&daemon, &context, &[]).await;
+    result.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let bytes = cache_bytes(&daemon).await;
+        if bytes < 3_000_000 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still {bytes} bytes after the GC should have run"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}

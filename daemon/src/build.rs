@@ -34,6 +34,9 @@ const JOB_WAIT: Duration = Duration::from_secs(6);
 const JOB_RETENTION: Duration = Duration::from_secs(60);
 /// How long an exporter waits for the client's session.
 const SESSION_WAIT: Duration = Duration::from_secs(5);
+/// How long after a build the GC policies run (builds ending together
+/// share one run).
+const GC_DELAY: Duration = Duration::from_secs(1);
 
 pub struct Builds {
     solver: Arc<Solver<Ref>>,
@@ -46,6 +49,8 @@ pub struct Builds {
     /// Bridges of client-side builds, by build ref.
     bridges: Mutex<HashMap<String, Arc<Bridge<Ref>>>>,
     jobs_changed: watch::Sender<u64>,
+    /// A GC run is scheduled.
+    gc_pending: std::sync::atomic::AtomicBool,
 }
 
 /// Finishes a job's progress however the solve ends (including the client
@@ -67,6 +72,7 @@ impl Drop for JobGuard {
             .unwrap_or_else(|e| e.into_inner())
             .remove(&self.build_ref);
         self.progress.finish();
+        self.builds.schedule_gc();
         let builds = self.builds.clone();
         let build_ref = std::mem::take(&mut self.build_ref);
         let progress = self.progress.clone();
@@ -123,6 +129,7 @@ impl Builds {
             jobs: Mutex::new(HashMap::new()),
             bridges: Mutex::new(HashMap::new()),
             jobs_changed: watch::channel(0).0,
+            gc_pending: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -640,28 +647,94 @@ impl Builds {
     }
 
     pub async fn prune(self: &Arc<Self>, req: PruneRequest) -> Result<Vec<UsageRecord>, Status> {
-        let filters = Filters::parse(&req.filter).map_err(Status::invalid_argument)?;
-        let keep = Duration::from_nanos(u64::try_from(req.keep_duration).unwrap_or(0));
+        let spec = crate::gc::PruneSpec {
+            filters: Filters::parse(&req.filter).map_err(Status::invalid_argument)?,
+            all: req.all,
+            keep_duration: Duration::from_nanos(u64::try_from(req.keep_duration).unwrap_or(0)),
+            reserved_space: req.reserved_space,
+            max_used_space: req.max_used_space,
+            min_free_space: req.min_free_space,
+        };
+        let removed = self
+            .prune_blocking(vec![spec])
+            .await
+            .map_err(Status::internal)?;
+        self.collect_content_garbage().await;
+        Ok(removed.iter().map(|r| self.usage_record(r)).collect())
+    }
+
+    /// Runs `specs` in order on a blocking thread.
+    async fn prune_blocking(
+        self: &Arc<Self>,
+        specs: Vec<crate::gc::PruneSpec>,
+    ) -> Result<Vec<Record>, String> {
         let this = self.clone();
-        let removed = tokio::task::spawn_blocking(move || {
-            let now = std::time::SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
-            let removed = this
-                .cache
-                .prune(|r| {
-                    let last = r.last_used_at.unwrap_or(r.created_at);
-                    let old_enough = keep.is_zero() || now.saturating_sub(last) >= keep.as_secs();
-                    old_enough && filters.matches(|p| this.record_field(r, p))
-                })
-                .map_err(|e| Status::internal(e.to_string()))?;
-            Ok::<_, Status>(removed.iter().map(|r| this.usage_record(r)).collect())
+        let disk = self.images.puller.store().root().to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            let mut removed = Vec::new();
+            for spec in &specs {
+                removed.extend(
+                    crate::gc::prune(&this.cache, spec, |r, p| this.record_field(r, p), &disk)
+                        .map_err(|e| e.to_string())?,
+                );
+            }
+            Ok(removed)
         })
         .await
-        .map_err(|e| Status::internal(e.to_string()))??;
-        self.collect_content_garbage().await;
-        Ok(removed)
+        .map_err(|e| e.to_string())?
+    }
+
+    /// The worker's GC policies, run a moment after builds end (at most
+    /// one run waiting at a time), then content garbage collection.
+    fn schedule_gc(self: &Arc<Self>) {
+        let Some(worker) = self.workers.first() else {
+            return;
+        };
+        if worker.gc_policy.is_empty()
+            || self
+                .gc_pending
+                .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            return;
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            self.gc_pending
+                .store(false, std::sync::atomic::Ordering::Release);
+            return;
+        };
+        let this = self.clone();
+        let policies = worker.gc_policy.clone();
+        handle.spawn(async move {
+            tokio::time::sleep(GC_DELAY).await;
+            this.gc_pending
+                .store(false, std::sync::atomic::Ordering::Release);
+            let mut specs = Vec::new();
+            for p in &policies {
+                let Ok(filters) = Filters::parse(&p.filters) else {
+                    tracing::warn!(filters = ?p.filters, "gc policy with invalid filters skipped");
+                    continue;
+                };
+                specs.push(crate::gc::PruneSpec {
+                    filters,
+                    all: p.all,
+                    keep_duration: Duration::from_nanos(
+                        u64::try_from(p.keep_duration).unwrap_or(0),
+                    ),
+                    reserved_space: p.reserved_space,
+                    max_used_space: p.max_used_space,
+                    min_free_space: p.min_free_space,
+                });
+            }
+            match this.prune_blocking(specs).await {
+                Ok(removed) if !removed.is_empty() => {
+                    let bytes: i64 = removed.iter().map(|r| r.size.max(0)).sum();
+                    tracing::info!(records = removed.len(), bytes, "garbage collected");
+                    this.collect_content_garbage().await;
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!("garbage collection: {e}"),
+            }
+        });
     }
 
     /// Deletes the blobs no named image, live snapshot's layer or running

@@ -14,6 +14,7 @@ pub mod debug;
 pub mod filters;
 mod frontends;
 pub mod gateway;
+pub mod gc;
 pub mod listen;
 pub mod settings;
 pub mod version;
