@@ -669,3 +669,32 @@ fn read_archive_index(archive: &Path, digest: &str) -> serde_json::Value {
     }
     panic!("{want} is not in the archive");
 }
+
+/// A multi-platform build whose platforms are empty filesystems: empty
+/// directories, and an index of manifests without layers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_platform_empty_results() {
+    let (daemon, tmp, dir) = project("FROM scratch\nLABEL a=b\n".to_string());
+    let platforms = vec!["platform=linux/amd64,linux/arm64".to_string()];
+    let out = tmp.path().join("out");
+    build_opts(
+        &daemon,
+        &dir,
+        vec![format!("type=local,dest={}", out.display())],
+        platforms.clone(),
+    )
+    .await
+    .unwrap();
+    assert!(out.join("linux_amd64").is_dir() && out.join("linux_arm64").is_dir());
+    let archive = tmp.path().join("empty.tar");
+    let response = build_opts(
+        &daemon,
+        &dir,
+        vec![format!("type=oci,dest={}", archive.display())],
+        platforms,
+    )
+    .await
+    .unwrap();
+    let index = read_archive_index(&archive, &response["containerimage.digest"]);
+    assert_eq!(index["manifests"].as_array().unwrap().len(), 2, "{index}");
+}

@@ -328,9 +328,17 @@ impl Builds {
                 Built::Single(bridge.evaluate(&id).await?)
             }
             FrontendResult::Platforms(definitions) => {
+                // An empty definition is an empty filesystem: no ref.
                 let ids = definitions
                     .iter()
-                    .map(|(p, d)| Ok((p.clone(), bridge.register(d)?)))
+                    .map(|(p, d)| {
+                        let id = if d.def.is_empty() {
+                            String::new()
+                        } else {
+                            bridge.register(d)?
+                        };
+                        Ok((p.clone(), id))
+                    })
                     .collect::<Result<Vec<_>, Status>>()?;
                 Built::Platforms(evaluate_all(&bridge, ids).await?)
             }
@@ -429,12 +437,13 @@ impl Builds {
                         Built::Single(r) => bk_ops::export::ExportTree::Single(r),
                         Built::Platforms(refs) if split => bk_ops::export::ExportTree::Split(
                             refs.iter()
-                                .map(|(p, r)| (p.replace('/', "_"), r))
+                                .map(|(p, r)| (p.replace('/', "_"), r.as_ref()))
                                 .collect(),
                         ),
-                        Built::Platforms(refs) if refs.len() == 1 => {
-                            bk_ops::export::ExportTree::Single(&refs[0].1)
-                        }
+                        Built::Platforms(refs) if refs.len() == 1 => match &refs[0].1 {
+                            Some(r) => bk_ops::export::ExportTree::Single(r),
+                            None => bk_ops::export::ExportTree::Empty,
+                        },
                         Built::Platforms(_) => {
                             return Err(
                                 "platform-split=false with several platforms is not supported yet by buildkit-rs"
@@ -485,9 +494,6 @@ impl Builds {
         let opts =
             ImageExportOptions::from_attrs(kind, &exporter.attrs).map_err(|e| e.to_string())?;
         let store = self.images.puller.store().clone();
-        // Until the export is done its blobs are neither named nor
-        // remembered everywhere; garbage collection waits.
-        let _no_gc = self.images.gc_lock.read().await;
         let default_platform = crate::worker::default_image_platform(&self.workers);
         let (inputs, multi) = match result {
             Built::Empty => (
@@ -519,7 +525,7 @@ impl Builds {
                         format!("invalid platform {id:?} in the build's result: {e}")
                     })?;
                     inputs.push(ExportInput {
-                        result: Some(r),
+                        result: r.as_ref(),
                         config: metadata
                             .get(&format!("containerimage.config/{id}"))
                             .map(Vec::as_slice),
@@ -532,6 +538,7 @@ impl Builds {
         let targets = image_export::ExportTargets {
             registry: self.images.puller.client(),
             images: &self.images.images,
+            gc_lock: &self.images.gc_lock,
         };
         let mut image = bk_ops::image::with_session_group(
             vec![session_id.to_string()],
@@ -767,7 +774,8 @@ pub enum Built {
     /// An empty filesystem (a `FROM scratch` result).
     Empty,
     Single(Ref),
-    Platforms(Vec<(String, Ref)>),
+    /// By platform id; `None` is an empty filesystem.
+    Platforms(Vec<(String, Option<Ref>)>),
 }
 
 impl Built {
@@ -778,20 +786,27 @@ impl Built {
             Built::Single(r) => r.id().to_string(),
             Built::Platforms(refs) => refs
                 .iter()
-                .map(|(p, r)| format!("{p}={}", r.id()))
+                .map(|(p, r)| format!("{p}={}", r.as_ref().map_or("scratch", |r| r.id())))
                 .collect::<Vec<_>>()
                 .join(","),
         }
     }
 }
 
-/// Evaluates each platform's bridge ref, all at once.
+/// Evaluates each platform's bridge ref, all at once (an empty id is an
+/// empty filesystem).
 async fn evaluate_all(
     bridge: &Arc<Bridge<Ref>>,
     ids: Vec<(String, String)>,
-) -> Result<Vec<(String, Ref)>, Status> {
-    let evaluated =
-        futures::future::try_join_all(ids.iter().map(|(_, id)| bridge.evaluate(id))).await?;
+) -> Result<Vec<(String, Option<Ref>)>, Status> {
+    let evaluated = futures::future::try_join_all(ids.iter().map(|(_, id)| async move {
+        if id.is_empty() {
+            Ok(None)
+        } else {
+            bridge.evaluate(id).await.map(Some)
+        }
+    }))
+    .await?;
     Ok(ids.into_iter().map(|(p, _)| p).zip(evaluated).collect())
 }
 

@@ -98,6 +98,9 @@ fn caps(ids: &[&str]) -> Vec<ApiCap> {
     out
 }
 
+/// Bytes of warnings a client frontend may add to one build's progress.
+const MAX_WARNING_BYTES: usize = 64 << 20;
+
 /// Definitions one build may have the bridge remember (each up to a
 /// message's size), so a client cannot exhaust the daemon's memory.
 const MAX_REFS: usize = 4096;
@@ -165,6 +168,7 @@ pub struct Bridge<R: ResultRef> {
     entitlements: Vec<String>,
     refs: Mutex<HashMap<String, Arc<BridgeRef<R>>>>,
     returned: Mutex<Option<oneshot::Sender<Returned>>>,
+    warned_bytes: std::sync::atomic::AtomicUsize,
 }
 
 fn new_ref_id() -> String {
@@ -201,6 +205,7 @@ impl<R: ResultRef> Bridge<R> {
             entitlements,
             refs: Mutex::new(HashMap::new()),
             returned: Mutex::new(Some(tx)),
+            warned_bytes: std::sync::atomic::AtomicUsize::new(0),
         });
         (bridge, rx)
     }
@@ -208,7 +213,8 @@ impl<R: ResultRef> Bridge<R> {
     /// `Warn`: a warning in the build's progress, on the vertex the
     /// frontend names.
     pub fn warn_request(&self, req: gw::WarnRequest) -> Result<(), Status> {
-        self.progress.warn(VertexWarning {
+        use prost::Message;
+        let warning = VertexWarning {
             vertex: req.digest,
             level: req.level,
             short: req.short,
@@ -216,7 +222,18 @@ impl<R: ResultRef> Bridge<R> {
             url: req.url,
             info: req.info,
             ranges: req.ranges,
-        });
+        };
+        // Every warning stays in the build's progress record: bounded.
+        let size = warning.encoded_len();
+        let before = self
+            .warned_bytes
+            .fetch_add(size, std::sync::atomic::Ordering::Relaxed);
+        if before + size > MAX_WARNING_BYTES {
+            return Err(Status::resource_exhausted(format!(
+                "a build may send at most {MAX_WARNING_BYTES} bytes of warnings"
+            )));
+        }
+        self.progress.warn(warning);
         Ok(())
     }
 
@@ -283,6 +300,11 @@ impl<R: ResultRef> Bridge<R> {
                 }
                 let mut refs = std::collections::BTreeMap::new();
                 for (platform, definition) in definitions {
+                    // An empty filesystem: a ref without an id.
+                    if definition.def.is_empty() {
+                        refs.insert(platform, (String::new(), definition));
+                        continue;
+                    }
                     let id = self.register(&definition)?;
                     if req.evaluate {
                         self.evaluate(&id).await?;

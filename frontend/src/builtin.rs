@@ -18,6 +18,11 @@ use crate::dockerfile::convert::{self, ConvertOptions, ImageResolver};
 pub const DOCKERFILE: &str = "dockerfile.v0";
 pub const GATEWAY: &str = "gateway.v0";
 
+/// Lint warnings that carry the Dockerfile (for clients' excerpts).
+const WARNINGS_WITH_SOURCE: usize = 32;
+/// Largest Dockerfile sent along with warnings.
+const MAX_WARNING_SOURCE: usize = 1 << 20;
+
 /// Largest Dockerfile or ignore file read.
 const MAX_FILE: usize = 16 << 20;
 
@@ -348,7 +353,15 @@ struct LintTarget {
 
 impl LintTarget {
     fn send<R>(&self, host: &dyn FrontendHost<R>, sink: &crate::dockerfile::LintSink) {
-        for w in sink.take() {
+        // Each warning with the source is a copy of the whole Dockerfile
+        // kept in the progress record: only the first few carry it, and
+        // only for files of a reasonable size.
+        let with_source = if self.info.data.len() <= MAX_WARNING_SOURCE {
+            WARNINGS_WITH_SOURCE
+        } else {
+            0
+        };
+        for (i, w) in sink.take().into_iter().enumerate() {
             let ranges = pb_ranges(&w.location);
             host.warn(bk_proto::moby::buildkit::v1::VertexWarning {
                 vertex: self.vertex.clone(),
@@ -356,7 +369,7 @@ impl LintTarget {
                 short: w.short().into_bytes(),
                 detail: vec![w.description.as_bytes().to_vec()],
                 url: w.url.to_string(),
-                info: Some(self.info.clone()),
+                info: (i < with_source).then(|| self.info.clone()),
                 ranges,
             });
         }

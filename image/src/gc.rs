@@ -37,12 +37,12 @@ pub struct GcReport {
     pub bytes: u64,
 }
 
-/// Deletes every blob in `store` that neither `roots` reach nor a lease
-/// holds.
-pub async fn collect_garbage(
+/// Every digest reachable from `roots`: the roots, and the manifests,
+/// configs and layers their indexes and manifests name.
+pub async fn reachable(
     store: &ContentStore,
     roots: Vec<Descriptor>,
-) -> Result<GcReport, ContentError> {
+) -> Result<HashSet<Digest>, ContentError> {
     let mut live: HashSet<Digest> = HashSet::new();
     let mut pending = roots;
     while let Some(desc) = pending.pop() {
@@ -67,6 +67,16 @@ pub async fn collect_garbage(
             pending.extend(children.layers);
         }
     }
+    Ok(live)
+}
+
+/// Deletes every blob in `store` that neither `roots` reach nor a lease
+/// holds.
+pub async fn collect_garbage(
+    store: &ContentStore,
+    roots: Vec<Descriptor>,
+) -> Result<GcReport, ContentError> {
+    let live = reachable(store, roots).await?;
     let mut garbage = Vec::new();
     let mut sizes = std::collections::HashMap::new();
     for info in store.list().await? {

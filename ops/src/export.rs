@@ -36,18 +36,19 @@ pub enum ExportTree<'a> {
     /// An empty filesystem.
     Empty,
     Single(&'a Ref),
-    Split(Vec<(String, &'a Ref)>),
+    /// By directory; `None` is an empty filesystem (an empty directory).
+    Split(Vec<(String, Option<&'a Ref>)>),
 }
 
 impl ExportTree<'_> {
-    fn roots(&self) -> Vec<(Option<String>, std::path::PathBuf)> {
+    fn roots(&self) -> Vec<(Option<String>, Option<std::path::PathBuf>)> {
         match self {
             ExportTree::Empty => Vec::new(),
-            ExportTree::Single(r) => vec![(None, r.path().to_path_buf())],
+            ExportTree::Single(r) => vec![(None, Some(r.path().to_path_buf()))],
             ExportTree::Split(refs) => {
                 let mut roots: Vec<_> = refs
                     .iter()
-                    .map(|(dir, r)| (Some(dir.clone()), r.path().to_path_buf()))
+                    .map(|(dir, r)| (Some(dir.clone()), r.map(|r| r.path().to_path_buf())))
                     .collect();
                 // Walk order: the directories sort as single path elements.
                 roots.sort_by(|a, b| a.0.cmp(&b.0));
@@ -59,10 +60,15 @@ impl ExportTree<'_> {
 
 /// Every entry of the tree, paths (and hard-link targets) under their
 /// platform's directory when split (blocking).
-fn tree_entries(roots: &[(Option<String>, std::path::PathBuf)]) -> Result<Vec<Entry>, ExportError> {
+fn tree_entries(
+    roots: &[(Option<String>, Option<std::path::PathBuf>)],
+) -> Result<Vec<Entry>, ExportError> {
     let mut out = Vec::new();
     for (dir, root) in roots {
-        let entries = walk(root)?;
+        let entries = match root {
+            Some(root) => walk(root)?,
+            None => Vec::new(),
+        };
         let Some(dir) = dir else {
             out.extend(entries);
             continue;
@@ -73,7 +79,7 @@ fn tree_entries(roots: &[(Option<String>, std::path::PathBuf)]) -> Result<Vec<En
                 mode: mode::DIR | 0o755,
                 ..Default::default()
             },
-            source: root.clone(),
+            source: root.clone().unwrap_or_default(),
         });
         for mut e in entries {
             e.stat.path = format!("{dir}/{}", e.stat.path);

@@ -33,7 +33,7 @@ use bk_llb::Digest;
 use bk_session::SessionManager;
 use bk_solver::{Op, OpContext, OpError};
 use sha2::{Digest as _, Sha256};
-use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _};
+use tokio::io::AsyncReadExt as _;
 
 const ATTR_KEEP_GIT_DIR: &str = "git.keepgitdir";
 const ATTR_FULL_URL: &str = "git.fullurl";
@@ -54,6 +54,12 @@ const MASK: &str = "xxxxx";
 
 /// How much of a command's stderr its error keeps.
 const STDERR_LIMIT: usize = 64 * 1024;
+/// git's stdout kept (ref lists, rev-parse): far beyond any real answer.
+const STDOUT_LIMIT: u64 = 64 << 20;
+/// Bytes of one stderr line kept.
+const LINE_LIMIT: usize = 4096;
+/// Bytes of git's stderr logged to progress per command (as exec's logs).
+const LOG_LIMIT: usize = 2 << 20;
 
 /// Given to every git command ahead of anything a repository could set: only
 /// network transports (`protocol.file.allow` is added per command), no hooks
@@ -1622,8 +1628,12 @@ impl Git {
         let stderr = child.stderr.take();
         let reading_out = tokio::spawn(async move {
             let mut buf = Vec::new();
-            if let Some(mut out) = stdout {
+            if let Some(out) = stdout {
+                // A hostile remote can list refs without end: what is kept
+                // is bounded, the rest drained so git never blocks.
+                let mut out = out.take(STDOUT_LIMIT);
                 let _ = out.read_to_end(&mut buf).await;
+                let _ = tokio::io::copy(&mut out.into_inner(), &mut tokio::io::sink()).await;
             }
             buf
         });
@@ -1634,21 +1644,46 @@ impl Git {
             let Some(err) = stderr else {
                 return kept;
             };
-            let mut reader = tokio::io::BufReader::new(err);
-            let mut line = Vec::new();
-            loop {
-                line.clear();
-                match reader.read_until(b'\n', &mut line).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {}
-                }
-                let text = redactor.redact(&String::from_utf8_lossy(&line));
-                if let Some(p) = &progress {
+            // Lines end at `\n` or `\r` (sideband progress) and are cut
+            // at LINE_LIMIT; the log and the kept text are bounded.
+            let mut err = err;
+            let mut chunk = vec![0u8; 8192];
+            let mut line: Vec<u8> = Vec::new();
+            let mut logged = 0usize;
+            let mut emit = |line: &[u8], kept: &mut String| {
+                let text = redactor.redact(&String::from_utf8_lossy(line));
+                if let Some(p) = &progress
+                    && logged < LOG_LIMIT
+                {
+                    logged += text.len();
                     p.log(2, text.as_bytes());
                 }
                 if kept.len() < STDERR_LIMIT {
-                    kept.push_str(&text);
+                    let room = STDERR_LIMIT - kept.len();
+                    let mut end = text.len().min(room);
+                    while !text.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    kept.push_str(&text[..end]);
                 }
+            };
+            loop {
+                let n = match err.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                for &b in &chunk[..n] {
+                    if line.len() < LINE_LIMIT {
+                        line.push(b);
+                    }
+                    if b == b'\n' || b == b'\r' {
+                        emit(&line, &mut kept);
+                        line.clear();
+                    }
+                }
+            }
+            if !line.is_empty() {
+                emit(&line, &mut kept);
             }
             kept
         });
@@ -1781,6 +1816,9 @@ fn remove_stale_locks(bare: &Path) {
     ] {
         let _ = std::fs::remove_file(bare.join(name));
     }
+    // Temporary refs a cancelled checkout left (checkouts run under the
+    // same remote lock as this): they would pin their commits forever.
+    let _ = std::fs::remove_dir_all(bare.join("refs/buildkit"));
     let mut stack = vec![bare.join("refs")];
     while let Some(dir) = stack.pop() {
         let Ok(entries) = std::fs::read_dir(&dir) else {

@@ -196,6 +196,17 @@ impl HttpSource {
             h.update(format!("\0{k}={v}").as_bytes());
         }
         h.update(self.auth_secret.as_deref().unwrap_or("").as_bytes());
+        // The snapshot holds the file as these made it.
+        h.update(
+            format!(
+                "\0{}\0{}\0{}\0{}",
+                self.filename.as_deref().unwrap_or(""),
+                self.perm,
+                self.uid,
+                self.gid
+            )
+            .as_bytes(),
+        );
         let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
         format!("http:{hex}")
     }
@@ -296,6 +307,9 @@ impl HttpSource {
                 .map_err(|e| OpError::new(e.to_string()))?
                 .map_err(|e| OpError::new(e.to_string()))?
         };
+        // Gone unless committed: a cancelled or failed download leaves
+        // nothing behind.
+        let mut scratch = RemoveOnDrop(Some(dir.clone()));
         let path = dir.join(&filename);
         let (tx, rx) = std::sync::mpsc::sync_channel::<bytes::Bytes>(8);
         let (perm, uid, gid) = (
@@ -345,6 +359,7 @@ impl HttpSource {
         });
         let mut body = resp.into_body();
         let mut received = 0i64;
+        let mut reported = (std::time::Instant::now(), 0i64);
         let started = prost_types::Timestamp::from(std::time::SystemTime::now());
         let progress_id = format!("downloading {}", self.url);
         let streamed: Result<(), OpError> = async {
@@ -356,8 +371,14 @@ impl HttpSource {
                     if tx.send(data).is_err() {
                         break;
                     }
-                    ctx.progress
-                        .status(&progress_id, received, 0, started, None);
+                    // A status every 100 ms or MiB, not every frame.
+                    if reported.0.elapsed() >= std::time::Duration::from_millis(100)
+                        || received - reported.1 >= 1 << 20
+                    {
+                        reported = (std::time::Instant::now(), received);
+                        ctx.progress
+                            .status(&progress_id, received, 0, started, None);
+                    }
                 }
             }
             Ok(())
@@ -367,14 +388,8 @@ impl HttpSource {
         let written = writer.await.map_err(|e| OpError::new(e.to_string()))?;
         let digest = match (streamed, written) {
             (Ok(()), Ok(d)) => d,
-            (Err(e), _) => {
-                let _ = std::fs::remove_dir_all(&dir);
-                return Err(e);
-            }
-            (Ok(()), Err(e)) => {
-                let _ = std::fs::remove_dir_all(&dir);
-                return Err(OpError::new(format!("write {filename}: {e}")));
-            }
+            (Err(e), _) => return Err(e),
+            (Ok(()), Err(e)) => return Err(OpError::new(format!("write {filename}: {e}"))),
         };
         ctx.progress.status(
             &progress_id,
@@ -405,6 +420,7 @@ impl HttpSource {
         })
         .await
         .map_err(|e| OpError::new(e.to_string()))??;
+        scratch.0 = None;
         Ok((Fetched { snapshot, digest }, filename, last_modified))
     }
 
@@ -446,6 +462,17 @@ impl Op<Ref> for HttpSource {
     }
 }
 
+/// Removes a directory when dropped, unless emptied first.
+struct RemoveOnDrop(Option<std::path::PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
 /// `filename` of a `Content-Disposition` header, as a base name.
 fn disposition_filename(value: &str) -> Option<String> {
     for part in value.split(';').skip(1) {
@@ -475,15 +502,22 @@ fn parse_http_date(s: &str) -> Option<i64> {
     // RFC 850:     Sunday, 06-Nov-94 08:49:37 GMT
     // asctime:     Sun Nov  6 08:49:37 1994
     let (day, month, year, time) = match words.as_slice() {
-        [_, d, m, y, t, "GMT"] => (*d, *m, y.parse::<i64>().ok()?, *t),
+        [_, d, m, y, t, "GMT"] if y.len() == 4 => (*d, *m, y.parse::<i64>().ok()?, *t),
         [_, dmy, t, "GMT"] => {
             let mut it = dmy.split('-');
-            let (d, m, y) = (it.next()?, it.next()?, it.next()?.parse::<i64>().ok()?);
+            let (d, m, y) = (it.next()?, it.next()?, it.next()?);
+            if y.len() != 2 {
+                return None;
+            }
+            let y = y.parse::<i64>().ok()?;
             (d, m, if y < 70 { 2000 + y } else { 1900 + y }, *t)
         }
-        [_, m, d, t, y] => (*d, *m, y.parse::<i64>().ok()?, *t),
+        [_, m, d, t, y] if y.len() == 4 => (*d, *m, y.parse::<i64>().ok()?, *t),
         _ => return None,
     };
+    if day.len() > 2 || time.len() != 8 {
+        return None;
+    }
     let day: i64 = day.parse().ok()?;
     let month = MONTHS.iter().position(|m| *m == month)? as i64 + 1;
     let mut hms = time.split(':').map(|p| p.parse::<i64>().ok());
@@ -513,6 +547,10 @@ mod tests {
         assert_eq!(parse_http_date("Sunday, 06-Nov-94 08:49:37 GMT"), want);
         assert_eq!(parse_http_date("Sun Nov  6 08:49:37 1994"), want);
         assert_eq!(parse_http_date("yesterday"), None);
+        assert_eq!(
+            parse_http_date("Sun, 06 Nov 999999999999 08:49:37 GMT"),
+            None
+        );
         assert_eq!(parse_http_date("Sun, 32 Nov 1994 08:49:37 GMT"), None);
     }
 

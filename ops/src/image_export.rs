@@ -384,6 +384,8 @@ pub struct ExportedImage {
     pub config_digest: Option<Digest>,
     /// The names given, and the dangling name.
     pub names: Vec<Reference>,
+    /// Keeps the image's blobs from garbage collection while it is sent.
+    _lease: bk_image::Lease,
 }
 
 /// One platform's result to export, with its image config from the
@@ -399,6 +401,9 @@ pub struct ExportInput<'a> {
 pub struct ExportTargets<'a> {
     pub registry: &'a bk_image::registry::RegistryClient,
     pub images: &'a ImageStore,
+    /// Content GC's lock: held shared until the image's blobs are named
+    /// or leased.
+    pub gc_lock: &'a tokio::sync::RwLock<()>,
 }
 
 /// Builds the image of `result` (config from the frontend's
@@ -412,6 +417,9 @@ pub async fn export_image(
     multi_platform: bool,
     opts: &ImageExportOptions,
 ) -> Result<ExportedImage, ImageExportError> {
+    // Until the blobs are named or leased, garbage collection waits; it
+    // is released before any slow transfer (pushes, the client's copy).
+    let no_gc = targets.gc_lock.read().await;
     let mut manifests = Vec::new();
     let mut config_digest = None;
     let mut unpack = None;
@@ -473,15 +481,10 @@ pub async fn export_image(
             ImageExportError::Invalid(format!("invalid dangling-name-prefix {prefix:?}: {e}"))
         })?);
     }
-    if opts.push {
-        if names.is_empty() {
-            return Err(ImageExportError::Invalid(
-                "push requires a name: --output type=image,name=REF,push=true".into(),
-            ));
-        }
-        for name in &names {
-            push_one(targets.registry, store, name, &root, opts).await?;
-        }
+    if opts.push && names.is_empty() {
+        return Err(ImageExportError::Invalid(
+            "push requires a name: --output type=image,name=REF,push=true".into(),
+        ));
     }
     if opts.store {
         let mut stored = Vec::new();
@@ -510,10 +513,24 @@ pub async fn export_image(
             .await
             .map_err(failed)??;
     }
+    let lease = store.lease();
+    let blobs = bk_image::gc::reachable(store, vec![root.clone()])
+        .await
+        .map_err(failed)?;
+    for digest in &blobs {
+        lease.add(digest);
+    }
+    drop(no_gc);
+    if opts.push {
+        for name in &names {
+            push_one(targets.registry, store, name, &root, opts).await?;
+        }
+    }
     Ok(ExportedImage {
         manifest: root,
         config_digest,
         names,
+        _lease: lease,
     })
 }
 

@@ -328,7 +328,7 @@ impl Content for LocalStores {
         let end = if req.size <= 0 {
             len
         } else {
-            (start + req.size).min(len)
+            start.saturating_add(req.size).min(len)
         };
         use tokio::io::AsyncSeekExt;
         file.seek(std::io::SeekFrom::Start(start as u64))
