@@ -18,6 +18,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bk_cache::{CacheManager, RecordType, Ref};
 use bk_image::registry::web::{WebClient, body_error};
+
 use bk_llb::Digest;
 use bk_session::SessionManager;
 use bk_solver::{Op, OpContext, OpError};
@@ -361,11 +362,13 @@ impl HttpSource {
         let mut received = 0i64;
         let mut reported = (std::time::Instant::now(), 0i64);
         let started = prost_types::Timestamp::from(std::time::SystemTime::now());
-        let progress_id = format!("downloading {}", self.url);
+        // Credentials in the URL never reach progress, errors or records.
+        let shown = bk_image::registry::web::redact_url(&self.url);
+        let progress_id = format!("downloading {shown}");
         let streamed: Result<(), OpError> = async {
             while let Some(frame) = body.frame().await {
-                let frame = frame
-                    .map_err(|e| OpError::new(format!("GET {}: {}", self.url, body_error(&e))))?;
+                let frame =
+                    frame.map_err(|e| OpError::new(format!("GET {shown}: {}", body_error(&e))))?;
                 if let Ok(data) = frame.into_data() {
                     received += data.len() as i64;
                     if tx.send(data).is_err() {
@@ -399,7 +402,7 @@ impl HttpSource {
             Some(prost_types::Timestamp::from(std::time::SystemTime::now())),
         );
         let cache = self.cache.clone();
-        let description = format!("http url {}", self.url);
+        let description = format!("http url {shown}");
         let remember = etag.map(|etag| Remembered {
             etag,
             snapshot: id.clone(),

@@ -51,8 +51,21 @@ impl WebClient {
         url: &str,
         headers: &[(String, String)],
     ) -> Result<(Response<Incoming>, String), WebError> {
+        // Credentials in the URL become Basic auth, as Go's client does,
+        // and never appear in a request line or an error.
+        let (stripped, basic) = split_userinfo(url);
+        let url = stripped.as_str();
+        let mut headers = headers.to_vec();
+        if let Some(basic) = basic
+            && !headers
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+        {
+            headers.push(("authorization".to_string(), basic));
+        }
         let mut current = url.to_string();
         let origin = host_of(url)?;
+        let secure = url.starts_with("https://");
         for _ in 0..=MAX_REDIRECTS {
             let uri: Uri =
                 current
@@ -61,12 +74,15 @@ impl WebClient {
                         url: current.clone(),
                         message: e.to_string(),
                     })?;
-            let same_host = host_of(&current)? == origin;
+            // Credentials stay with the origin, and off plain HTTP once
+            // the origin was HTTPS.
+            let same_host =
+                host_of(&current)? == origin && !(secure && current.starts_with("http://"));
             let mut req = Request::builder()
                 .method(Method::GET)
                 .uri(uri.clone())
                 .header(http::header::USER_AGENT, &*self.user_agent);
-            for (k, v) in headers {
+            for (k, v) in &headers {
                 if same_host || !k.eq_ignore_ascii_case("authorization") {
                     req = req.header(k.as_str(), v.as_str());
                 }
@@ -131,6 +147,40 @@ fn host_of(url: &str) -> Result<String, WebError> {
     }
 }
 
+/// `url` as it may be shown: without `user:password@`.
+pub fn redact_url(url: &str) -> String {
+    split_userinfo(url).0
+}
+
+/// `url` without `user:password@`, and the Basic authorization those
+/// make.
+fn split_userinfo(url: &str) -> (String, Option<String>) {
+    use base64::Engine as _;
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return (url.to_string(), None);
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let Some((userinfo, host)) = authority.rsplit_once('@') else {
+        return (url.to_string(), None);
+    };
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    let (user, pass) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+    let token = base64::engine::general_purpose::STANDARD.encode(format!(
+        "{}:{}",
+        decode(user),
+        decode(pass)
+    ));
+    (
+        format!("{scheme}://{host}{tail}"),
+        Some(format!("Basic {token}")),
+    )
+}
+
 /// A `Location` against the URL it answered.
 fn resolve(base: &Uri, location: &str) -> Result<String, String> {
     if location.starts_with("http://") || location.starts_with("https://") {
@@ -166,5 +216,14 @@ mod tests {
         assert_eq!(resolve(&base, "c").unwrap(), "http://h:1/a/c");
         assert_eq!(resolve(&base, "//o/p").unwrap(), "http://o/p");
         assert_eq!(resolve(&base, "https://e/f").unwrap(), "https://e/f");
+    }
+
+    #[test]
+    fn credentials_in_urls_become_basic_auth() {
+        let (url, auth) = split_userinfo("https://u%40x:p%3Aw@host:1/a@b?c");
+        assert_eq!(url, "https://host:1/a@b?c");
+        // base64("u@x:p:w")
+        assert_eq!(auth.as_deref(), Some("Basic dUB4OnA6dw=="));
+        assert_eq!(split_userinfo("http://h/p").1, None);
     }
 }
