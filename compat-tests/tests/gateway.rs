@@ -37,6 +37,7 @@ async fn a_client_side_multi_platform_build_through_the_bridge() {
         "FROM scratch\nARG TARGETARCH\nCOPY ${TARGETARCH}.txt /arch\n",
     )
     .unwrap();
+    std::fs::write(dir.join("lint.Dockerfile"), "FROM scratch as Base\n").unwrap();
     let out = tmp.path().join("out");
     let flags = BuildFlags {
         frontend: Some("dockerfile.v0".into()),
@@ -112,6 +113,40 @@ async fn a_client_side_multi_platform_build_through_the_bridge() {
         ))
         .await
         .unwrap();
+
+    // The lint subrequest (buildx --check): metadata, no build.
+    let lint = bridge
+        .solve(with_build(
+            &build_ref,
+            gw::SolveRequest {
+                frontend: "dockerfile.v0".into(),
+                frontend_opt: BTreeMap::from([
+                    ("requestid".to_string(), "frontend.lint".to_string()),
+                    ("filename".to_string(), "lint.Dockerfile".to_string()),
+                ]),
+                allow_result_return: true,
+                allow_result_array_ref: true,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .result
+        .expect("a result");
+    assert_eq!(lint.metadata["result.statuscode"], b"1");
+    assert_eq!(lint.metadata["version"], b"1.0.0");
+    let results: serde_json::Value = serde_json::from_slice(&lint.metadata["result.json"]).unwrap();
+    let rules: Vec<&str> = results["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["ruleName"].as_str().unwrap())
+        .collect();
+    assert_eq!(rules, ["StageNameCasing", "FromAsCasing"], "{results}");
+    assert_eq!(results["sources"][0]["filename"], "lint.Dockerfile");
+    let text = String::from_utf8_lossy(&lint.metadata["result.txt"]).into_owned();
+    assert!(text.contains(" 1 | >>> FROM scratch as Base"), "{text}");
 
     let mut opts = BTreeMap::new();
     opts.insert(

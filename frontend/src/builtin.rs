@@ -252,6 +252,34 @@ async fn dockerfile<R: Send + Sync>(
         filename: filename.clone(),
         definition: None,
     });
+    // A subrequest answers with metadata instead of a build.
+    match attrs.get("requestid").map(String::as_str) {
+        None | Some("") => {}
+        Some(crate::subrequest::LINT) => {
+            let sink = crate::dockerfile::LintSink::default();
+            opts.lint = Some(sink.clone());
+            // Without a target, every stage is linted.
+            opts.all_stages = opts.target.is_none();
+            let converted = convert::convert(&text, &opts, host.images()).await;
+            let error = converted.as_ref().err();
+            let metadata = crate::subrequest::lint_result(
+                &filename,
+                &text,
+                &sink.take(),
+                error.map(|e| (e.message.as_str(), e.locations.as_slice())),
+            );
+            return Ok(FrontendOutput {
+                result: FrontendResult::Single(pb::Definition::default()),
+                metadata,
+            });
+        }
+        Some(other) => {
+            return Err(Status::unimplemented(format!(
+                "unsupported request {other}"
+            )));
+        }
+    }
+
     // Lint findings go to the progress stream on the vertex that loaded
     // the Dockerfile, once (for the first platform), even when the
     // conversion then fails.

@@ -161,6 +161,9 @@ pub struct ConvertOptions {
     /// `error=true` then fails nothing), as BuildKit does for every platform
     /// but the first.
     pub lint: Option<LintSink>,
+    /// Dispatch every stage, not just the target's (the lint subrequest
+    /// without a target).
+    pub all_stages: bool,
 }
 
 impl ConvertOptions {
@@ -193,6 +196,7 @@ impl ConvertOptions {
             llb_caps: None,
             source_map: None,
             lint: None,
+            all_stages: false,
         }
     }
 
@@ -1189,6 +1193,9 @@ impl Converter<'_> {
     }
 
     fn reachable(&self, target: usize) -> BTreeSet<usize> {
+        if self.opts.all_stages {
+            return (0..self.states.len()).collect();
+        }
         let mut out = BTreeSet::new();
         let mut stack = vec![target];
         while let Some(s) = stack.pop() {
