@@ -148,6 +148,31 @@ async fn a_client_side_multi_platform_build_through_the_bridge() {
     let text = String::from_utf8_lossy(&lint.metadata["result.txt"]).into_owned();
     assert!(text.contains(" 1 | >>> FROM scratch as Base"), "{text}");
 
+    // Targets (buildx --call targets): the stages, the last the default.
+    let targets = bridge
+        .solve(with_build(
+            &build_ref,
+            gw::SolveRequest {
+                frontend: "dockerfile.v0".into(),
+                frontend_opt: BTreeMap::from([(
+                    "requestid".to_string(),
+                    "frontend.targets".to_string(),
+                )]),
+                allow_result_return: true,
+                allow_result_array_ref: true,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .result
+        .expect("a result");
+    assert_eq!(
+        String::from_utf8_lossy(&targets.metadata["result.txt"]),
+        "TARGET    DESCRIPTION\n(default) \n"
+    );
+
     let mut opts = BTreeMap::new();
     opts.insert(
         "platform".to_string(),

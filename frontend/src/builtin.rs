@@ -273,6 +273,20 @@ async fn dockerfile<R: Send + Sync>(
                 metadata,
             });
         }
+        Some(crate::subrequest::TARGETS) => {
+            let metadata =
+                crate::subrequest::targets_result(&text).map_err(Status::invalid_argument)?;
+            return Ok(FrontendOutput {
+                result: FrontendResult::Single(pb::Definition::default()),
+                metadata,
+            });
+        }
+        Some(crate::subrequest::DESCRIBE) => {
+            return Ok(FrontendOutput {
+                result: FrontendResult::Single(pb::Definition::default()),
+                metadata: crate::subrequest::describe_result(),
+            });
+        }
         Some(other) => {
             return Err(Status::unimplemented(format!(
                 "unsupported request {other}"

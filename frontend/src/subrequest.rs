@@ -1,36 +1,99 @@
-//! Frontend subrequests (the `requestid` attr): `frontend.lint`, which
-//! `docker buildx build --check` sends. Instead of a build, the result is
-//! metadata: `result.json` (BuildKit's `LintResults`: warnings, the
-//! Dockerfile as their source, the conversion's error), `result.txt` (the
-//! same, printed as BuildKit prints it), `result.statuscode` (1 when
-//! anything was found) and `version`. Start at [`lint_result`].
+//! Frontend subrequests (the `requestid` attr), answered with metadata
+//! instead of a build: `result.json` (BuildKit's JSON shapes),
+//! `result.txt` (printed as BuildKit prints it), `version`.
+//! - `frontend.lint` (`docker buildx build --check`): warnings, the
+//!   Dockerfile as their source, the conversion's error, and
+//!   `result.statuscode` (1 when anything was found). [`lint_result`].
+//! - `frontend.targets` (`--call targets`): the stages. [`targets_result`].
+//! - `frontend.subrequests.describe`: what is answered. [`describe_result`].
 
 use std::collections::BTreeMap;
 
 use base64::Engine as _;
-use serde_json::{Value, json};
+use serde::Serialize;
 
 use crate::dockerfile::{LineRange, LintWarning};
 
 /// The request ids this frontend answers.
 pub const LINT: &str = "frontend.lint";
-const LINT_VERSION: &str = "1.0.0";
+pub const TARGETS: &str = "frontend.targets";
+pub const DESCRIBE: &str = "frontend.subrequests.describe";
+const VERSION: &str = "1.0.0";
 
-fn location(ranges: &[LineRange]) -> Value {
-    let position = |line: usize| {
-        if line == 0 {
-            json!({})
-        } else {
-            json!({ "line": line })
-        }
-    };
-    // sourceIndex 0 is left out, as Go's omitempty does.
-    json!({
-        "ranges": ranges
+fn b64(data: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(data)
+}
+
+// The JSON shapes are BuildKit's structs, fields in their order, empty
+// ones left out where Go's `omitempty` leaves them out.
+
+#[derive(Serialize)]
+struct Position {
+    #[serde(skip_serializing_if = "is_zero")]
+    line: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+#[derive(Serialize)]
+struct Range {
+    start: Position,
+    end: Position,
+}
+
+#[derive(Serialize)]
+struct Location {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    ranges: Vec<Range>,
+}
+
+/// One range per line, as BuildKit's `node.Location()`.
+fn location(ranges: &[LineRange]) -> Location {
+    Location {
+        ranges: ranges
             .iter()
-            .map(|r| json!({ "start": position(r.start), "end": position(r.end) }))
-            .collect::<Vec<_>>()
-    })
+            .map(|r| Range {
+                start: Position { line: r.start },
+                end: Position { line: r.end },
+            })
+            .collect(),
+    }
+}
+
+#[derive(Serialize)]
+struct Warning<'a> {
+    #[serde(rename = "ruleName")]
+    rule_name: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    description: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    url: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    detail: &'a str,
+    location: Location,
+}
+
+#[derive(Serialize)]
+struct SourceInfo<'a> {
+    filename: &'a str,
+    data: String,
+    language: &'a str,
+}
+
+#[derive(Serialize)]
+struct BuildError<'a> {
+    message: &'a str,
+    location: Location,
+}
+
+#[derive(Serialize)]
+struct LintResults<'a> {
+    warnings: Vec<Warning<'a>>,
+    sources: Vec<SourceInfo<'a>>,
+    #[serde(rename = "buildError", skip_serializing_if = "Option::is_none")]
+    error: Option<BuildError<'a>>,
 }
 
 /// The lint subrequest's metadata for `warnings` found in `dockerfile`
@@ -41,31 +104,27 @@ pub fn lint_result(
     warnings: &[LintWarning],
     error: Option<(&str, &[LineRange])>,
 ) -> BTreeMap<String, Vec<u8>> {
-    let mut results = json!({
-        "warnings": warnings
+    let results = LintResults {
+        warnings: warnings
             .iter()
-            .map(|w| {
-                let mut v = json!({
-                    "ruleName": w.rule_name,
-                    "description": w.description,
-                    "detail": w.message,
-                    "location": location(&w.location),
-                });
-                if !w.url.is_empty() {
-                    v["url"] = json!(w.url);
-                }
-                v
+            .map(|w| Warning {
+                rule_name: w.rule_name,
+                description: w.description,
+                url: w.url,
+                detail: &w.message,
+                location: location(&w.location),
             })
-            .collect::<Vec<_>>(),
-        "sources": [{
-            "filename": filename,
-            "data": base64::engine::general_purpose::STANDARD.encode(dockerfile),
-            "language": "Dockerfile",
+            .collect(),
+        sources: vec![SourceInfo {
+            filename,
+            data: b64(dockerfile),
+            language: "Dockerfile",
         }],
-    });
-    if let Some((message, ranges)) = error {
-        results["buildError"] = json!({ "message": message, "location": location(ranges) });
-    }
+        error: error.map(|(message, ranges)| BuildError {
+            message,
+            location: location(ranges),
+        }),
+    };
     let status = if warnings.is_empty() && error.is_none() {
         "0"
     } else {
@@ -81,7 +140,176 @@ pub fn lint_result(
             print_warnings(filename, dockerfile, warnings).into_bytes(),
         ),
         ("result.statuscode".to_string(), status.as_bytes().to_vec()),
-        ("version".to_string(), LINT_VERSION.as_bytes().to_vec()),
+        ("version".to_string(), VERSION.as_bytes().to_vec()),
+    ])
+}
+
+#[derive(Serialize)]
+struct Target<'a> {
+    #[serde(skip_serializing_if = "str::is_empty")]
+    name: &'a str,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    default: bool,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    description: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    base: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    platform: &'a str,
+    location: Location,
+}
+
+#[derive(Serialize)]
+struct TargetList<'a> {
+    targets: Vec<Target<'a>>,
+    sources: Vec<String>,
+}
+
+/// Go's tabwriter (padding 1, spaces): every column but the last padded
+/// to its widest cell plus one.
+fn table(rows: &[Vec<String>]) -> String {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let mut widths = vec![0usize; columns];
+    for row in rows {
+        for (i, cell) in row.iter().enumerate().take(columns.saturating_sub(1)) {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            out.push_str(cell);
+            if i + 1 < row.len() {
+                let pad = widths[i] + 1 - cell.chars().count();
+                out.push_str(&" ".repeat(pad));
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// `frontend.targets` (`buildx build --call targets`): the stages, the
+/// last one the default, with their description comments.
+pub fn targets_result(dockerfile: &[u8]) -> Result<BTreeMap<String, Vec<u8>>, String> {
+    let parsed = crate::dockerfile::parse(dockerfile).map_err(|e| e.message().to_string())?;
+    let df = crate::dockerfile::instructions(&parsed).map_err(|e| e.message().to_string())?;
+    let last = df.stages.len().saturating_sub(1);
+    let list = TargetList {
+        targets: df
+            .stages
+            .iter()
+            .enumerate()
+            .map(|(i, s)| Target {
+                name: s.name.as_deref().unwrap_or(""),
+                default: i == last,
+                description: &s.doc_comment,
+                base: &s.base_name,
+                platform: &s.platform,
+                location: location(
+                    &(s.location.start..=s.location.end)
+                        .map(|l| LineRange::new(l, l))
+                        .collect::<Vec<_>>(),
+                ),
+            })
+            .collect(),
+        sources: vec![b64(dockerfile)],
+    };
+    let mut rows = vec![vec!["TARGET".to_string(), "DESCRIPTION".to_string()]];
+    for t in &list.targets {
+        let name = match (t.name.is_empty(), t.default) {
+            (true, true) => "(default)".to_string(),
+            (false, true) => format!("{} (default)", t.name),
+            _ => t.name.to_string(),
+        };
+        rows.push(vec![name, t.description.to_string()]);
+    }
+    Ok(BTreeMap::from([
+        (
+            "result.json".to_string(),
+            serde_json::to_vec_pretty(&list).unwrap_or_default(),
+        ),
+        ("result.txt".to_string(), table(&rows).into_bytes()),
+        ("version".to_string(), VERSION.as_bytes().to_vec()),
+    ]))
+}
+
+#[derive(Serialize)]
+struct Named {
+    name: &'static str,
+    description: &'static str,
+}
+
+#[derive(Serialize)]
+struct Request {
+    name: &'static str,
+    version: &'static str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    description: &'static str,
+    opts: Option<Vec<Named>>,
+    inputs: Option<Vec<Named>>,
+    metadata: Option<Vec<Named>>,
+    refs: Option<Vec<Named>>,
+}
+
+fn named(names: &[&'static str]) -> Option<Vec<Named>> {
+    Some(
+        names
+            .iter()
+            .map(|name| Named {
+                name,
+                description: "",
+            })
+            .collect(),
+    )
+}
+
+/// `frontend.subrequests.describe`: the subrequests listed as BuildKit's
+/// Dockerfile frontend lists them (lint is answered but, as there, not
+/// listed).
+pub fn describe_result() -> BTreeMap<String, Vec<u8>> {
+    let all = [
+        Request {
+            name: TARGETS,
+            version: VERSION,
+            kind: "rpc",
+            description: "List all targets current build supports",
+            opts: Some(Vec::new()),
+            inputs: None,
+            metadata: named(&["result.json", "result.txt"]),
+            refs: None,
+        },
+        Request {
+            name: DESCRIBE,
+            version: VERSION,
+            kind: "rpc",
+            description: "List available subrequest types",
+            opts: None,
+            inputs: None,
+            metadata: named(&["result.json", "result.txt"]),
+            refs: None,
+        },
+    ];
+    let mut rows = vec![vec![
+        "NAME".to_string(),
+        "VERSION".to_string(),
+        "DESCRIPTION".to_string(),
+    ]];
+    for r in &all {
+        rows.push(vec![
+            r.name.trim_start_matches("frontend.").to_string(),
+            r.version.to_string(),
+            r.description.to_string(),
+        ]);
+    }
+    BTreeMap::from([
+        (
+            "result.json".to_string(),
+            serde_json::to_vec_pretty(&all).unwrap_or_default(),
+        ),
+        ("result.txt".to_string(), table(&rows).into_bytes()),
+        ("version".to_string(), VERSION.as_bytes().to_vec()),
     ])
 }
 
