@@ -281,6 +281,15 @@ async fn dockerfile<R: Send + Sync>(
                 metadata,
             });
         }
+        Some(crate::subrequest::OUTLINE) => {
+            let converted = convert::convert(&text, &opts, host.images())
+                .await
+                .map_err(|e| with_source(&e.message, &filename, &text, &e.locations))?;
+            return Ok(FrontendOutput {
+                result: FrontendResult::Single(pb::Definition::default()),
+                metadata: crate::subrequest::outline_result(&converted.outline, &text),
+            });
+        }
         Some(crate::subrequest::DESCRIBE) => {
             return Ok(FrontendOutput {
                 result: FrontendResult::Single(pb::Definition::default()),

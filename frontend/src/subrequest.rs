@@ -5,6 +5,8 @@
 //!   Dockerfile as their source, the conversion's error, and
 //!   `result.statuscode` (1 when anything was found). [`lint_result`].
 //! - `frontend.targets` (`--call targets`): the stages. [`targets_result`].
+//! - `frontend.outline` (`--call outline`): the target's build args,
+//!   secrets and SSH agents. [`outline_result`].
 //! - `frontend.subrequests.describe`: what is answered. [`describe_result`].
 
 use std::collections::BTreeMap;
@@ -17,6 +19,7 @@ use crate::dockerfile::{LineRange, LintWarning};
 /// The request ids this frontend answers.
 pub const LINT: &str = "frontend.lint";
 pub const TARGETS: &str = "frontend.targets";
+pub const OUTLINE: &str = "frontend.outline";
 pub const DESCRIBE: &str = "frontend.subrequests.describe";
 const VERSION: &str = "1.0.0";
 
@@ -165,9 +168,9 @@ struct TargetList<'a> {
     sources: Vec<String>,
 }
 
-/// Go's tabwriter (padding 1, spaces): every column but the last padded
-/// to its widest cell plus one.
-fn table(rows: &[Vec<String>]) -> String {
+/// Go's tabwriter with `padding` spaces: every column but the last padded
+/// to its widest cell plus the padding.
+fn table(rows: &[Vec<String>], padding: usize) -> String {
     let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
     let mut widths = vec![0usize; columns];
     for row in rows {
@@ -180,7 +183,7 @@ fn table(rows: &[Vec<String>]) -> String {
         for (i, cell) in row.iter().enumerate() {
             out.push_str(cell);
             if i + 1 < row.len() {
-                let pad = widths[i] + 1 - cell.chars().count();
+                let pad = widths[i] + padding - cell.chars().count();
                 out.push_str(&" ".repeat(pad));
             }
         }
@@ -229,9 +232,135 @@ pub fn targets_result(dockerfile: &[u8]) -> Result<BTreeMap<String, Vec<u8>>, St
             "result.json".to_string(),
             serde_json::to_vec_pretty(&list).unwrap_or_default(),
         ),
-        ("result.txt".to_string(), table(&rows).into_bytes()),
+        ("result.txt".to_string(), table(&rows, 1).into_bytes()),
         ("version".to_string(), VERSION.as_bytes().to_vec()),
     ]))
+}
+
+/// Every line of `range`, one range each.
+fn lines(range: LineRange) -> Location {
+    location(
+        &(range.start..=range.end)
+            .map(|l| LineRange::new(l, l))
+            .collect::<Vec<_>>(),
+    )
+}
+
+#[derive(Serialize)]
+struct OutlineArg<'a> {
+    name: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    description: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    value: &'a str,
+    location: Location,
+}
+
+#[derive(Serialize)]
+struct OutlineMount<'a> {
+    name: &'a str,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    required: bool,
+    location: Location,
+}
+
+#[derive(Serialize)]
+struct OutlineJson<'a> {
+    #[serde(skip_serializing_if = "str::is_empty")]
+    name: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    description: &'a str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    args: Vec<OutlineArg<'a>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    secrets: Vec<OutlineMount<'a>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    ssh: Vec<OutlineMount<'a>>,
+    sources: Vec<String>,
+}
+
+fn mounts(list: &[crate::dockerfile::outline::OutlineMount]) -> Vec<OutlineMount<'_>> {
+    list.iter()
+        .map(|m| OutlineMount {
+            name: &m.name,
+            required: m.required,
+            location: lines(m.location),
+        })
+        .collect()
+}
+
+/// `frontend.outline` (`buildx build --call outline`): the target's build
+/// args, secrets and SSH agents.
+pub fn outline_result(
+    outline: &crate::dockerfile::outline::Outline,
+    dockerfile: &[u8],
+) -> BTreeMap<String, Vec<u8>> {
+    let json = OutlineJson {
+        name: &outline.name,
+        description: &outline.description,
+        args: outline
+            .args
+            .iter()
+            .map(|a| OutlineArg {
+                name: &a.name,
+                description: &a.description,
+                value: &a.value,
+                location: lines(a.location),
+            })
+            .collect(),
+        secrets: mounts(&outline.secrets),
+        ssh: mounts(&outline.ssh),
+        sources: vec![b64(dockerfile)],
+    };
+    let mut text = String::new();
+    if !outline.name.is_empty() || !outline.description.is_empty() {
+        let name = if outline.name.is_empty() {
+            "(default)".to_string()
+        } else {
+            outline.name.clone()
+        };
+        let mut rows = vec![vec!["TARGET:".to_string(), name]];
+        if !outline.description.is_empty() {
+            rows.push(vec![
+                "DESCRIPTION:".to_string(),
+                outline.description.clone(),
+            ]);
+        }
+        text.push_str(&table(&rows, 1));
+        text.push('\n');
+    }
+    if !outline.args.is_empty() {
+        let mut rows = vec![vec![
+            "BUILD ARG".to_string(),
+            "VALUE".to_string(),
+            "DESCRIPTION".to_string(),
+        ]];
+        for a in &outline.args {
+            rows.push(vec![a.name.clone(), a.value.clone(), a.description.clone()]);
+        }
+        text.push_str(&table(&rows, 3));
+        text.push('\n');
+    }
+    for (title, list) in [("SECRET", &outline.secrets), ("SSH", &outline.ssh)] {
+        if list.is_empty() {
+            continue;
+        }
+        let mut rows = vec![vec![title.to_string(), "REQUIRED".to_string()]];
+        for m in list.iter() {
+            let required = if m.required { "true" } else { "" };
+            rows.push(vec![m.name.clone(), required.to_string()]);
+        }
+        text.push_str(&table(&rows, 3));
+        text.push('\n');
+    }
+    BTreeMap::from([
+        (
+            "result.json".to_string(),
+            serde_json::to_vec_pretty(&json).unwrap_or_default(),
+        ),
+        ("result.txt".to_string(), text.into_bytes()),
+        ("version".to_string(), VERSION.as_bytes().to_vec()),
+    ])
 }
 
 #[derive(Serialize)]
@@ -271,6 +400,19 @@ fn named(names: &[&'static str]) -> Option<Vec<Named>> {
 pub fn describe_result() -> BTreeMap<String, Vec<u8>> {
     let all = [
         Request {
+            name: OUTLINE,
+            version: VERSION,
+            kind: "rpc",
+            description: "List all parameters current build target supports",
+            opts: Some(vec![Named {
+                name: "target",
+                description: "Target build stage",
+            }]),
+            inputs: None,
+            metadata: named(&["result.json", "result.txt"]),
+            refs: None,
+        },
+        Request {
             name: TARGETS,
             version: VERSION,
             kind: "rpc",
@@ -308,7 +450,7 @@ pub fn describe_result() -> BTreeMap<String, Vec<u8>> {
             "result.json".to_string(),
             serde_json::to_vec_pretty(&all).unwrap_or_default(),
         ),
-        ("result.txt".to_string(), table(&rows).into_bytes()),
+        ("result.txt".to_string(), table(&rows, 1).into_bytes()),
         ("version".to_string(), VERSION.as_bytes().to_vec()),
     ])
 }

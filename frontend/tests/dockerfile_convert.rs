@@ -1050,3 +1050,67 @@ async fn input_named_context_is_imported() {
     .unwrap_err();
     assert_eq!(err.message, "invalid input missing for dep");
 }
+
+/// The outline (`buildx --call outline`): the target's args (with their
+/// values and description comments, through base stages and the stages it
+/// copies from), secrets and SSH agents — as Go's for the same file.
+#[tokio::test]
+async fn outline_of_a_target() {
+    let df = b"# VERSION the version to build
+ARG VERSION=1.2
+ARG UNUSED=x
+# BASE where it starts
+ARG BASE=scratch
+FROM ${BASE} AS base
+# MODE how it is built
+ARG MODE=release
+ARG VERSION
+RUN --mount=type=secret,id=token,required=true --mount=type=ssh echo $MODE
+
+# build compiles it
+FROM base AS build
+ARG OTHER=${MODE}-y
+RUN --mount=type=secret,id=npmrc --mount=type=ssh,id=gh,required echo
+
+FROM scratch AS final
+COPY --from=build / /
+";
+    let c = convert(df, &options(), &FakeRegistry::default())
+        .await
+        .unwrap();
+    let o = &c.outline;
+    assert_eq!(o.name, "final");
+    let args: Vec<(&str, &str, &str, usize)> = o
+        .args
+        .iter()
+        .map(|a| {
+            (
+                a.name.as_str(),
+                a.value.as_str(),
+                a.description.as_str(),
+                a.location.start,
+            )
+        })
+        .collect();
+    assert_eq!(
+        args,
+        [
+            ("VERSION", "1.2", "the version to build", 2),
+            ("BASE", "scratch", "where it starts", 5),
+            ("MODE", "release", "how it is built", 8),
+            ("OTHER", "release-y", "", 14),
+        ]
+    );
+    let secrets: Vec<(&str, bool)> = o
+        .secrets
+        .iter()
+        .map(|s| (s.name.as_str(), s.required))
+        .collect();
+    assert_eq!(secrets, [("token", true), ("npmrc", false)]);
+    let ssh: Vec<(&str, bool)> = o
+        .ssh
+        .iter()
+        .map(|s| (s.name.as_str(), s.required))
+        .collect();
+    assert_eq!(ssh, [("default", false), ("gh", true)]);
+}

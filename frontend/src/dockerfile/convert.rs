@@ -47,6 +47,7 @@ use super::instructions::{
 };
 use super::lint::{self, IgnoreMatcher, LintSink, Linter};
 use super::mounts::{Mount, MountType, NetworkMode, SecurityMode, ShareMode};
+use super::outline::{ArgInfo, Capture, Outline, StageLinks};
 use super::parser::{LineRange, Warning, chomp_heredoc_content, parse, parse_heredoc};
 use super::shell::{Env, Lexer, NoEnv};
 
@@ -425,6 +426,8 @@ pub struct Converted {
     pub base_image_config: Option<Vec<u8>>,
     /// The parser's warnings.
     pub warnings: Vec<Warning>,
+    /// The target's build args, secrets and SSH agents.
+    pub outline: Outline,
 }
 
 /// Converts `dockerfile` for `opts`, resolving base images with `resolver`.
@@ -483,6 +486,7 @@ pub async fn convert(
     if linter.enabled(&lint::INVALID_DEFAULT_ARG_IN_FROM) {
         invalid_default_args(&mut linter, &lex, &predefined, &df);
     }
+    let meta_outline = meta_arg_infos(&lex, &predefined, &df.meta_args, &opts.build_args);
     let global_args = meta_args(&lex, predefined, &df.meta_args, Some(&opts.build_args))?;
     let epoch = match opts.build_args.get("SOURCE_DATE_EPOCH") {
         Some(v) if !v.is_empty() => Some(super::golang::parse_int(v, 64).map_err(|e| {
@@ -511,6 +515,7 @@ pub async fn convert(
         from_args,
         ignore_matcher,
         global_args,
+        meta_outline,
         states: Vec::new(),
         by_name: HashMap::new(),
         target_platform,
@@ -605,12 +610,86 @@ pub async fn convert(
         Some(img) => Some(to_json(img)?),
         None => None,
     };
+    let links: Vec<StageLinks<'_>> = c
+        .states
+        .iter()
+        .map(|s| StageLinks {
+            capture: &s.outline,
+            base: s.base,
+            deps: s.deps.iter().map(|(d, _)| *d).collect(),
+        })
+        .collect();
+    let outline = super::outline::outline(
+        &links,
+        target,
+        c.states[target].name.as_deref().unwrap_or(""),
+        df.stages
+            .get(target)
+            .map(|s| s.doc_comment.as_str())
+            .unwrap_or(""),
+    );
     Ok(Converted {
         definition,
         image_config,
         base_image_config,
         warnings: parsed.warnings.clone(),
+        outline,
     })
+}
+
+/// The meta ARGs as outlines see them (BuildKit's `buildMetaArgs`): each
+/// one's value (a build arg's, or its default expanded), its description
+/// comment, and the args its default refers to.
+fn meta_arg_infos(
+    lex: &Lexer,
+    predefined: &[(String, String)],
+    meta: &[Command],
+    build_args: &BTreeMap<String, String>,
+) -> Capture {
+    let mut args = predefined.to_vec();
+    let mut capture = Capture::default();
+    for cmd in meta {
+        let Instruction::Arg(pairs) = &cmd.instruction else {
+            continue;
+        };
+        for kp in pairs {
+            let mut info = ArgInfo {
+                key: kp.key.clone(),
+                value: String::new(),
+                comment: kp.doc_comment.clone(),
+                location: cmd.location,
+                deps: BTreeSet::new(),
+            };
+            let value = match build_args.get(&kp.key) {
+                Some(v) => Some(v.clone()),
+                None => match &kp.value {
+                    Some(v) => {
+                        let (expansion, err) = lex.process_word_tracked(v, &args);
+                        if err.is_some() {
+                            // The conversion reports it.
+                            return capture;
+                        }
+                        info.deps = expansion.matched;
+                        // An ARG that refers to itself takes on the deps of
+                        // the one it replaces.
+                        if info.deps.remove(&kp.key)
+                            && let Some(old) = capture.all_args.get(&kp.key)
+                        {
+                            info.deps.extend(old.deps.iter().cloned());
+                        }
+                        Some(expansion.result)
+                    }
+                    None => None,
+                },
+            };
+            if let Some(v) = value {
+                env_set(&mut args, &kp.key, &v);
+                info.value = v;
+            }
+            capture.all_args.insert(kp.key.clone(), info);
+        }
+    }
+    capture
 }
 
 /// BuildKit's `buildMetaArgs`: the meta ARGs on top of `args`, each from
@@ -773,6 +852,8 @@ struct StageState {
     cmd_loc: Option<LineRange>,
     entrypoint_loc: Option<LineRange>,
     healthcheck_loc: Option<LineRange>,
+    /// Args, secrets and SSH agents, for the outline.
+    outline: Capture,
 }
 
 impl StageState {
@@ -809,6 +890,7 @@ impl StageState {
             cmd_loc: None,
             entrypoint_loc: None,
             healthcheck_loc: None,
+            outline: Capture::default(),
         }
     }
 }
@@ -823,6 +905,8 @@ struct Converter<'a> {
     /// The context's `.dockerignore`, when CopyIgnoredFile runs.
     ignore_matcher: Option<IgnoreMatcher>,
     global_args: Vec<(String, String)>,
+    /// The meta ARGs for outlines, as every stage starts with them.
+    meta_outline: Capture,
     states: Vec<StageState>,
     by_name: HashMap<String, usize>,
     target_platform: Platform,
@@ -879,12 +963,15 @@ impl Converter<'_> {
     }
 
     /// BuildKit's `addState`.
-    fn add_state(&mut self, mut st: StageState) -> usize {
+    fn add_state(&mut self, mut st: StageState, used: &BTreeSet<String>) -> usize {
         let index = self.states.len();
         st.paths_owner = index;
+        st.outline = self.meta_outline.clone();
         if let Some(b) = self.by_name.get(&st.base_name) {
             st.base = Some(*b);
+            st.outline = self.states[*b].outline.clone();
         }
+        st.outline.used.extend(used.iter().cloned());
         if let Some(name) = &st.name {
             self.by_name.insert(to_lower(name), index);
         }
@@ -948,7 +1035,7 @@ impl Converter<'_> {
             if let Some(e) = err {
                 return Err(expand_err(e).at(loc));
             }
-            let base = name_match.result;
+            let base = name_match.result.clone();
             if base.is_empty() {
                 return Err(ConvertError::new(format!(
                     "base name ({}) should not be blank",
@@ -1027,14 +1114,14 @@ impl Converter<'_> {
             if let Some(name) = &st.name {
                 if let Some(nc) = self.named_context(name, ds.platform.as_ref())? {
                     ds.named_context = Some(nc);
-                    let idx = self.add_state(ds);
+                    let idx = self.add_state(ds, &name_match.matched);
                     self.states[idx].base = None;
                     continue;
                 }
             } else {
                 ds.stage_name = format!("stage-{i}");
             }
-            let idx = self.add_state(ds);
+            let idx = self.add_state(ds, &name_match.matched);
             let ds = &mut self.states[idx];
             let mut total = usize::from(ds.base_name != SCRATCH && ds.base.is_none());
             total += ds
@@ -1116,7 +1203,7 @@ impl Converter<'_> {
     fn implicit_stage(&mut self, base: &str, location: Option<LineRange>) -> usize {
         let mut st = StageState::new(self.states.len(), base.to_owned(), location);
         st.unregistered = true;
-        self.add_state(st)
+        self.add_state(st, &BTreeSet::new())
     }
 
     fn build_dependencies(&mut self) -> Result<(), ConvertError> {
@@ -1907,11 +1994,14 @@ impl Converter<'_> {
                     lint::secret_key(&mut self.lint, "ARG", &arg.key, at);
                     let has_value = self.opts.build_args.get(&arg.key);
                     let mut value = arg.value.clone();
+                    // A bare ARG of a meta ARG is that one, for the outline.
+                    let mut inherited = false;
                     if value.is_none()
                         && has_value.is_none()
                         && let Some(v) = Env::get(&self.global_args, &arg.key)
                     {
                         value = Some(v.to_owned());
+                        inherited = true;
                     }
                     if let Some(v) = has_value {
                         value = Some(v.clone());
@@ -1933,6 +2023,19 @@ impl Converter<'_> {
                     {
                         env_set(&mut d.state.env, &arg.key, v);
                     }
+                    if !inherited {
+                        d.outline.all_args.insert(
+                            arg.key.clone(),
+                            ArgInfo {
+                                key: arg.key.clone(),
+                                value: value.clone().unwrap_or_default(),
+                                comment: arg.doc_comment.clone(),
+                                location: at,
+                                deps: BTreeSet::new(),
+                            },
+                        );
+                    }
+                    d.outline.used.insert(arg.key.clone());
                     d.build_args.push((arg.key.clone(), value.clone()));
                     parts.push(match &value {
                         Some(v) => format!("{}={v}", arg.key),
@@ -2227,11 +2330,26 @@ impl Converter<'_> {
                     em.tmpfs = Some(mount.size_limit);
                 }
                 MountType::Secret => {
-                    spec.secrets.push(secret_spec(mount)?);
+                    let secret = secret_spec(mount)?;
+                    self.states[si].outline.record_secret(
+                        &secret.id,
+                        mount.required,
+                        cmd.command.location,
+                    );
+                    spec.secrets.push(secret);
                     continue;
                 }
                 MountType::Ssh => {
-                    spec.ssh.push(ssh_spec(mount)?);
+                    let ssh = ssh_spec(mount)?;
+                    let id = if ssh.id.is_empty() {
+                        "default"
+                    } else {
+                        ssh.id.as_str()
+                    };
+                    self.states[si]
+                        .outline
+                        .record_ssh(id, mount.required, cmd.command.location);
+                    spec.ssh.push(ssh);
                     continue;
                 }
                 _ => {}

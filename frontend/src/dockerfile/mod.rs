@@ -47,6 +47,7 @@ pub mod instructions;
 mod json;
 pub mod lint;
 pub mod mounts;
+pub mod outline;
 pub mod parser;
 pub mod shell;
 
