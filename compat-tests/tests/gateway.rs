@@ -24,6 +24,33 @@ fn with_build<T>(build_ref: &str, msg: T) -> tonic::Request<T> {
     req
 }
 
+/// A frontend subrequest through the bridge: its result.
+async fn subrequest(
+    bridge: &mut LlbBridgeClient<tonic::transport::Channel>,
+    build_ref: &str,
+    opts: &[(&str, &str)],
+) -> gw::Result {
+    bridge
+        .solve(with_build(
+            build_ref,
+            gw::SolveRequest {
+                frontend: "dockerfile.v0".into(),
+                frontend_opt: opts
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                allow_result_return: true,
+                allow_result_array_ref: true,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .result
+        .expect("a result")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_side_multi_platform_build_through_the_bridge() {
     let daemon = Daemon::start(DaemonOptions::default());
@@ -115,25 +142,15 @@ async fn a_client_side_multi_platform_build_through_the_bridge() {
         .unwrap();
 
     // The lint subrequest (buildx --check): metadata, no build.
-    let lint = bridge
-        .solve(with_build(
-            &build_ref,
-            gw::SolveRequest {
-                frontend: "dockerfile.v0".into(),
-                frontend_opt: BTreeMap::from([
-                    ("requestid".to_string(), "frontend.lint".to_string()),
-                    ("filename".to_string(), "lint.Dockerfile".to_string()),
-                ]),
-                allow_result_return: true,
-                allow_result_array_ref: true,
-                ..Default::default()
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .result
-        .expect("a result");
+    let lint = subrequest(
+        &mut bridge,
+        &build_ref,
+        &[
+            ("requestid", "frontend.lint"),
+            ("filename", "lint.Dockerfile"),
+        ],
+    )
+    .await;
     assert_eq!(lint.metadata["result.statuscode"], b"1");
     assert_eq!(lint.metadata["version"], b"1.0.0");
     let results: serde_json::Value = serde_json::from_slice(&lint.metadata["result.json"]).unwrap();
@@ -149,25 +166,12 @@ async fn a_client_side_multi_platform_build_through_the_bridge() {
     assert!(text.contains(" 1 | >>> FROM scratch as Base"), "{text}");
 
     // Targets (buildx --call targets): the stages, the last the default.
-    let targets = bridge
-        .solve(with_build(
-            &build_ref,
-            gw::SolveRequest {
-                frontend: "dockerfile.v0".into(),
-                frontend_opt: BTreeMap::from([(
-                    "requestid".to_string(),
-                    "frontend.targets".to_string(),
-                )]),
-                allow_result_return: true,
-                allow_result_array_ref: true,
-                ..Default::default()
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .result
-        .expect("a result");
+    let targets = subrequest(
+        &mut bridge,
+        &build_ref,
+        &[("requestid", "frontend.targets")],
+    )
+    .await;
     assert_eq!(
         String::from_utf8_lossy(&targets.metadata["result.txt"]),
         "TARGET    DESCRIPTION\n(default) \n"

@@ -89,6 +89,23 @@ pub(crate) struct StageLinks<'a> {
     pub deps: Vec<usize>,
 }
 
+/// Adds the mounts in `found` not seen yet.
+fn take_mounts(
+    found: &BTreeMap<String, (bool, LineRange)>,
+    seen: &mut BTreeSet<String>,
+    out: &mut Vec<OutlineMount>,
+) {
+    for (k, (required, at)) in found {
+        if seen.insert(k.clone()) {
+            out.push(OutlineMount {
+                name: k.clone(),
+                required: *required,
+                location: *at,
+            });
+        }
+    }
+}
+
 /// The outline of stage `target` among `stages`.
 pub(crate) fn outline(
     stages: &[StageLinks<'_>],
@@ -124,24 +141,8 @@ pub(crate) fn outline(
                 });
             }
         }
-        for (k, (required, at)) in &capture.secrets {
-            if seen_secrets.insert(k.clone()) {
-                secrets.push(OutlineMount {
-                    name: k.clone(),
-                    required: *required,
-                    location: *at,
-                });
-            }
-        }
-        for (k, (required, at)) in &capture.ssh {
-            if seen_ssh.insert(k.clone()) {
-                ssh.push(OutlineMount {
-                    name: k.clone(),
-                    required: *required,
-                    location: *at,
-                });
-            }
-        }
+        take_mounts(&capture.secrets, &mut seen_secrets, &mut secrets);
+        take_mounts(&capture.ssh, &mut seen_ssh, &mut ssh);
         // Depth first: the base, then what it copies from, as BuildKit.
         pending.extend(stage.deps.iter().rev());
         pending.extend(stage.base);
