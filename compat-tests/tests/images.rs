@@ -439,18 +439,8 @@ async fn layouts_and_the_image_store() {
             format!("FROM {from}\nRUN cat /built > /again\n"),
         )
         .unwrap();
-        let out = tmp.path().join("out");
-        let _ = std::fs::remove_dir_all(&out);
-        build_opts(
-            &daemon,
-            &dir,
-            vec![format!("type=local,dest={}", out.display())],
-            vec!["image-resolve-mode=local".into()],
-        )
-        .await
-        .unwrap();
         assert_eq!(
-            std::fs::read_to_string(out.join("again")).unwrap(),
+            build_resolving_locally(&daemon, &dir, &tmp.path().join("out")).await,
             "built\n"
         );
     }
@@ -472,19 +462,25 @@ async fn layouts_and_the_image_store() {
         after < before,
         "{before} blobs before the prune, {after} after"
     );
-    let out = tmp.path().join("after-prune");
+    assert_eq!(
+        build_resolving_locally(&daemon, &dir, &tmp.path().join("after-prune")).await,
+        "built\n"
+    );
+}
+
+/// Builds `dir` with `image-resolve-mode=local` into `out` (emptied
+/// first); the `/again` file it wrote.
+async fn build_resolving_locally(daemon: &Daemon, dir: &Path, out: &Path) -> String {
+    let _ = std::fs::remove_dir_all(out);
     build_opts(
-        &daemon,
-        &dir,
+        daemon,
+        dir,
         vec![format!("type=local,dest={}", out.display())],
         vec!["image-resolve-mode=local".into()],
     )
     .await
     .unwrap();
-    assert_eq!(
-        std::fs::read_to_string(out.join("again")).unwrap(),
-        "built\n"
-    );
+    std::fs::read_to_string(out.join("again")).unwrap()
 }
 
 /// Files in the daemon's content store (`…/content/blobs/sha256`).

@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
+use crate::scratch::RemoveOnDrop;
 use async_trait::async_trait;
 use base64::Engine as _;
 use bk_cache::{CacheManager, RecordType, Ref};
@@ -1752,44 +1753,6 @@ impl Drop for SshSetup {
         }
         // Two small files: quick enough for any thread.
         let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// A directory being written that goes away unless kept: a failed or
-/// dropped checkout leaves nothing (and the cache's start-up pass removes
-/// what a crash leaves).
-struct RemoveOnDrop(Option<PathBuf>);
-
-impl RemoveOnDrop {
-    fn new(path: PathBuf) -> RemoveOnDrop {
-        RemoveOnDrop(Some(path))
-    }
-
-    fn disarm(&mut self) {
-        self.0 = None;
-    }
-
-    async fn remove(mut self) {
-        if let Some(path) = self.0.take() {
-            let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(path)).await;
-        }
-    }
-}
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        let Some(path) = self.0.take() else {
-            return;
-        };
-        // A checkout can be large: removed off the async threads.
-        match tokio::runtime::Handle::try_current() {
-            Ok(handle) => {
-                handle.spawn_blocking(move || std::fs::remove_dir_all(path));
-            }
-            Err(_) => {
-                let _ = std::fs::remove_dir_all(path);
-            }
-        }
     }
 }
 

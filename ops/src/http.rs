@@ -22,6 +22,8 @@ use bk_image::registry::web::{WebClient, body_error};
 use bk_llb::Digest;
 use bk_session::SessionManager;
 use bk_solver::{Op, OpContext, OpError};
+
+use crate::scratch::RemoveOnDrop;
 use http_body_util::BodyExt as _;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -310,7 +312,7 @@ impl HttpSource {
         };
         // Gone unless committed: a cancelled or failed download leaves
         // nothing behind.
-        let mut scratch = RemoveOnDrop(Some(dir.clone()));
+        let mut scratch = RemoveOnDrop::new(dir.clone());
         let path = dir.join(&filename);
         let (tx, rx) = std::sync::mpsc::sync_channel::<bytes::Bytes>(8);
         let (perm, uid, gid) = (
@@ -423,7 +425,7 @@ impl HttpSource {
         })
         .await
         .map_err(|e| OpError::new(e.to_string()))??;
-        scratch.0 = None;
+        scratch.disarm();
         Ok((Fetched { snapshot, digest }, filename, last_modified))
     }
 
@@ -462,17 +464,6 @@ impl Op<Ref> for HttpSource {
         };
         self.check(&fetched)?;
         Ok(vec![fetched.snapshot])
-    }
-}
-
-/// Removes a directory when dropped, unless emptied first.
-struct RemoveOnDrop(Option<std::path::PathBuf>);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        if let Some(dir) = self.0.take() {
-            let _ = std::fs::remove_dir_all(dir);
-        }
     }
 }
 

@@ -20,7 +20,6 @@ use bk_llb::Digest;
 use bk_proto::pb;
 use bk_solver::{Op, OpContext, OpError};
 use prost_types::Timestamp;
-use sha2::{Digest as _, Sha256};
 
 tokio::task_local! {
     /// The sessions of the build a pull is for: where registry credentials
@@ -144,6 +143,12 @@ fn platform_string(p: &Platform) -> String {
         s.push_str(&p.variant);
     }
     s
+}
+
+/// The cache name of the snapshot holding the unpacked layer chain
+/// `chain` (shared by pulls and the image exporter's `unpack`).
+pub(crate) fn layer_chain_key(chain: &str) -> String {
+    format!("layer-chain:{chain}")
 }
 
 /// The platform an op asks for, or the worker's.
@@ -328,32 +333,20 @@ impl Op<Ref> for ImageSource {
         .map_err(|e| OpError::new(e.to_string()))?;
 
         // Unpack what is missing, bottom up, by chain id.
+        let diff_ids = &pulled.config.rootfs.diff_ids;
+        if diff_ids.len() < pulled.manifest.layers.len() {
+            return Err(OpError::new(format!(
+                "{reference}: the config lists {} layers, the manifest {}",
+                diff_ids.len(),
+                pulled.manifest.layers.len()
+            )));
+        }
+        let chains = crate::image_export::chain_ids(&diff_ids[..pulled.manifest.layers.len()]);
         let mut parent: Option<Ref> = None;
-        let mut chain = String::new();
-        for (i, layer) in pulled.manifest.layers.iter().enumerate() {
-            let diff_id = pulled
-                .config
-                .rootfs
-                .diff_ids
-                .get(i)
-                .ok_or_else(|| {
-                    OpError::new(format!(
-                        "{reference}: the config lists {} layers, the manifest {}",
-                        pulled.config.rootfs.diff_ids.len(),
-                        pulled.manifest.layers.len()
-                    ))
-                })?
-                .to_string();
-            chain = if chain.is_empty() {
-                diff_id.clone()
-            } else {
-                let mut h = Sha256::new();
-                h.update(format!("{chain} {diff_id}").as_bytes());
-                let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
-                format!("sha256:{hex}")
-            };
-            let name = format!("layer-chain:{chain}");
-            let lock = self.sources.chain_lock(&chain);
+        for (i, (layer, chain)) in pulled.manifest.layers.iter().zip(&chains).enumerate() {
+            let diff_id = diff_ids[i].to_string();
+            let name = layer_chain_key(chain);
+            let lock = self.sources.chain_lock(chain);
             let _held = lock.lock().await;
             let cache = self.sources.cache.clone();
             let found = {

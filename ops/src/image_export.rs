@@ -603,7 +603,7 @@ fn name_layer_chain(
     snapshot_ids: &[String],
 ) -> Result<(), ImageExportError> {
     for (chain_id, id) in chain.iter().zip(snapshot_ids) {
-        let name = format!("layer-chain:{chain_id}");
+        let name = crate::image::layer_chain_key(chain_id);
         let live = cache
             .named(&name)
             .map_err(failed)?

@@ -15,6 +15,7 @@ pub mod http;
 pub mod image;
 pub mod image_export;
 pub mod local;
+mod scratch;
 pub mod tree;
 
 use std::sync::Arc;

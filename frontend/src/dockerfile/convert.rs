@@ -919,6 +919,25 @@ struct Converter<'a> {
     link_groups: usize,
 }
 
+/// A CMD's or ENTRYPOINT's arguments: the shell form wrapped in the
+/// stage's shell (JSONArgsRecommended when none was set), the exec form
+/// as it is.
+fn command_line(
+    lint: &mut Linter,
+    d: &StageState,
+    c: &super::instructions::CmdLine,
+    name: &str,
+    at: LineRange,
+) -> Vec<String> {
+    if !c.prepend_shell {
+        return c.cmd_line.clone();
+    }
+    if d.image.config.shell.is_empty() {
+        lint::json_args(lint, name, at);
+    }
+    with_shell(&d.image, &c.cmd_line)
+}
+
 /// A stage's variables as one instruction sees them.
 struct StageVars<'a> {
     env: &'a Vec<(String, String)>,
@@ -1890,14 +1909,7 @@ impl Converter<'_> {
             Instruction::Cmd(c) => {
                 let d = &mut self.states[si];
                 lint::used_once(&mut self.lint, &mut d.cmd_loc, &command.name, at);
-                if c.prepend_shell && d.image.config.shell.is_empty() {
-                    lint::json_args(&mut self.lint, &command.name, at);
-                }
-                let args = if c.prepend_shell {
-                    with_shell(&d.image, &c.cmd_line)
-                } else {
-                    c.cmd_line.clone()
-                };
+                let args = command_line(&mut self.lint, d, &c, &command.name, at);
                 d.image.config.cmd = args.clone();
                 d.image.config.args_escaped = true;
                 d.cmd_set = true;
@@ -1906,14 +1918,7 @@ impl Converter<'_> {
             Instruction::Entrypoint(c) => {
                 let d = &mut self.states[si];
                 lint::used_once(&mut self.lint, &mut d.entrypoint_loc, &command.name, at);
-                if c.prepend_shell && d.image.config.shell.is_empty() {
-                    lint::json_args(&mut self.lint, &command.name, at);
-                }
-                let args = if c.prepend_shell {
-                    with_shell(&d.image, &c.cmd_line)
-                } else {
-                    c.cmd_line.clone()
-                };
+                let args = command_line(&mut self.lint, d, &c, &command.name, at);
                 d.image.config.entrypoint = args.clone();
                 if !d.cmd_set {
                     d.image.config.cmd = Vec::new();
